@@ -1,0 +1,448 @@
+"""Catalog readers: FMA metadata, generic manifests and genre folder trees -> one table.
+
+Every reader returns a :class:`Catalog`: a normalised table with the columns of
+:data:`CATALOG_COLUMNS` (one row per track, ``track_id`` unique, ``split`` in
+train/val/test) and a table of the rows it refused (``track_id, uri, stage, error``),
+which ingest writes to its errors table. Manifest contents are untrusted: URIs with
+control characters or unknown schemes are refused, ``audio_root`` confines local
+paths, lyrics are cleaned and capped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from genreflow.errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+CATALOG_COLUMNS = ["track_id", "uri", "genre", "artist_id", "lyrics", "valence", "split"]
+SPLITS = ("train", "val", "test")
+AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav", ".oga", ".opus", ".aiff", ".aif", ".au")
+FMA_SUBSETS = ("small", "medium", "large")  # each contains the one before it
+FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+MAX_URI_CHARS = 4096
+MAX_LYRICS_CHARS = 20_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class Catalog:
+    """A normalised catalog and the rows that were refused while reading it."""
+
+    tracks: pd.DataFrame
+    problems: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["track_id", "uri", "stage", "error"])
+    )
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+def read_catalog(
+    path: str,
+    *,
+    audio_dir: str | None = None,
+    fma_subset: str = "medium",
+    use_fma_split: bool = True,
+    require_genre: bool = True,
+    audio_root: str | None = None,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> Catalog:
+    """Read any supported catalog form, detected from ``path``.
+
+    - a folder holding ``tracks.csv`` (or ``fma_metadata/tracks.csv``): FMA metadata;
+      audio under ``audio_dir`` (default: ``fma_<subset>`` beside the metadata folder);
+    - a ``.csv`` or ``.parquet`` file: a generic manifest;
+    - any other folder: a ``<genre>/<file>`` tree.
+
+    Tracks without a ``split`` get one from :func:`assign_splits`.
+
+    Raises:
+        CatalogError: the path is missing or is not a table of tracks.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CatalogError(f"catalog {path!r} does not exist")
+    if p.is_dir():
+        meta = _fma_metadata_dir(p)
+        if meta is not None:
+            audio = Path(audio_dir) if audio_dir else _default_fma_audio_dir(meta, fma_subset)
+            catalog = read_fma(
+                meta,
+                audio_dir=audio,
+                subset=fma_subset,
+                use_fma_split=use_fma_split,
+                require_genre=require_genre,
+            )
+        else:
+            catalog = read_folder_tree(p)
+    else:
+        catalog = read_manifest(p, audio_root=audio_root)
+    if require_genre:
+        no_genre = catalog.tracks["genre"].isna()
+        if no_genre.any():
+            catalog.notes["dropped_without_genre"] = int(no_genre.sum())
+            catalog.tracks = catalog.tracks[~no_genre].reset_index(drop=True)
+    missing = catalog.tracks["split"].isna()
+    if missing.any():
+        assigned = assign_splits(catalog.tracks, fractions=split_fractions, seed=seed)
+        catalog.tracks.loc[missing, "split"] = assigned[missing]
+    if catalog.tracks.empty:
+        raise CatalogError(f"catalog {path!r} holds no usable tracks")
+    return catalog
+
+
+# --- FMA -------------------------------------------------------------------------------
+
+
+def _fma_metadata_dir(p: Path) -> Path | None:
+    for candidate in (p, p / "fma_metadata"):
+        if (candidate / "tracks.csv").is_file():
+            return candidate
+    return None
+
+
+def _default_fma_audio_dir(meta: Path, subset: str) -> Path:
+    return meta.parent / f"fma_{subset}"
+
+
+def fma_audio_path(audio_dir: str | Path, track_id: int) -> str:
+    """FMA's layout: track 2 -> ``<audio_dir>/000/000002.mp3``."""
+    tid = f"{int(track_id):06d}"
+    return os.path.join(str(audio_dir), tid[:3], f"{tid}.mp3")
+
+
+def read_fma(
+    metadata_dir: str | Path,
+    *,
+    audio_dir: str | Path,
+    subset: str = "medium",
+    use_fma_split: bool = True,
+    require_genre: bool = True,
+) -> Catalog:
+    """Read FMA's ``tracks.csv`` (two header rows), ``genres.csv`` and ``echonest.csv``.
+
+    Args:
+        metadata_dir: folder with ``tracks.csv`` and optionally ``genres.csv`` and
+            ``echonest.csv`` (three header rows; valence at
+            ``('echonest', 'audio_features', 'valence')``).
+        audio_dir: root of the ``NNN/NNNNNN.mp3`` tree.
+        subset: ``small``, ``medium`` or ``large``; a subset includes the smaller ones.
+        use_fma_split: keep FMA's training/validation/test split; otherwise leave
+            ``split`` empty for :func:`assign_splits`.
+        require_genre: drop tracks without ``genre_top`` (counted in ``notes``).
+    """
+    if subset not in FMA_SUBSETS:
+        raise CatalogError(f"FMA subset must be one of {FMA_SUBSETS}, got {subset!r}")
+    meta = Path(metadata_dir)
+    try:
+        tracks = pd.read_csv(meta / "tracks.csv", index_col=0, header=[0, 1], low_memory=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{meta / 'tracks.csv'} is not FMA's tracks.csv: {exc}") from exc
+    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id")]
+    absent = [c for c in needed if c not in tracks.columns]
+    if absent:
+        raise CatalogError(
+            f"{meta / 'tracks.csv'} lacks FMA columns {absent}; expected two header rows "
+            "as in fma_metadata/tracks.csv"
+        )
+    allowed = FMA_SUBSETS[: FMA_SUBSETS.index(subset) + 1]
+    tracks = tracks[tracks[("set", "subset")].isin(allowed)]
+    genre = tracks[("track", "genre_top")].astype("string")
+    out = pd.DataFrame(
+        {
+            "track_id": tracks.index.astype(int).astype(str),
+            "uri": [fma_audio_path(audio_dir, t) for t in tracks.index],
+            "genre": genre.to_numpy(),
+            "artist_id": tracks[("artist", "id")].astype("string").to_numpy(),
+            "lyrics": pd.Series([None] * len(tracks), dtype="string").to_numpy(),
+            "valence": np.nan,
+            "split": (
+                tracks[("set", "split")].map(FMA_SPLITS).to_numpy() if use_fma_split else None
+            ),
+        }
+    )
+    notes: dict[str, int] = {}
+    genres_csv = meta / "genres.csv"
+    if genres_csv.is_file():
+        genres = pd.read_csv(genres_csv)
+        if {"genre_id", "title", "top_level"} <= set(genres.columns):
+            top = set(genres.loc[genres["genre_id"] == genres["top_level"], "title"])
+            unknown = set(out["genre"].dropna()) - top
+            if unknown:
+                log.warning("genre_top values not top-level in genres.csv: %s", sorted(unknown))
+                notes["genre_not_in_genres_csv"] = int(out["genre"].isin(unknown).sum())
+    echonest_csv = meta / "echonest.csv"
+    if echonest_csv.is_file():
+        echonest = pd.read_csv(echonest_csv, index_col=0, header=[0, 1, 2])
+        key = ("echonest", "audio_features", "valence")
+        if key in echonest.columns:
+            valence = echonest[key].astype(float)
+            valence.index = valence.index.astype(int).astype(str)
+            out["valence"] = out["track_id"].map(valence).astype(float)
+    out = _normalise(out)
+    _clean_valence(out, notes)
+    return Catalog(tracks=out, notes=notes)
+
+
+# --- generic manifest ------------------------------------------------------------------
+
+
+def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog:
+    """Read a CSV or Parquet manifest (``track_id, uri`` required; ``genre, artist_id,
+    lyrics, valence, split`` optional). Relative URIs are relative to the manifest.
+
+    Raises:
+        CatalogError: not a table, or required columns missing, or bad split values.
+    """
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            raw = pd.read_parquet(p)
+        elif p.suffix.lower() in (".csv", ".tsv", ".txt"):
+            raw = pd.read_csv(
+                p,
+                sep="\t" if p.suffix.lower() == ".tsv" else ",",
+                dtype={"track_id": str, "artist_id": str},
+                keep_default_na=True,
+                encoding_errors="replace",
+            )
+        else:
+            raise CatalogError(
+                f"manifest {str(p)!r}: unknown format {p.suffix!r}; use .csv or .parquet"
+            )
+    except CatalogError:
+        raise
+    except Exception as exc:  # pandas/pyarrow parse errors have many types
+        raise CatalogError(f"manifest {str(p)!r} is not a readable table: {exc}") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in ("track_id", "uri") if c not in raw.columns]
+    if missing:
+        raise CatalogError(
+            f"manifest {str(p)!r} lacks required column(s) {missing}; it has "
+            f"{list(raw.columns)[:10]}. A manifest needs track_id and uri."
+        )
+    df = pd.DataFrame({c: raw[c] if c in raw.columns else None for c in CATALOG_COLUMNS})
+    df["track_id"] = df["track_id"].astype("string").str.strip()
+    problems: list[dict[str, str]] = []
+    notes: dict[str, int] = {}
+
+    no_id = df["track_id"].isna() | (df["track_id"] == "")
+    for uri in df.loc[no_id, "uri"]:
+        problems.append(_problem("", uri, "row without track_id"))
+    df = df[~no_id]
+
+    base = p.resolve().parent
+    uris: list[str | None] = []
+    for tid, uri in zip(df["track_id"], df["uri"], strict=True):
+        try:
+            uris.append(check_uri(uri, base_dir=base, audio_root=audio_root))
+        except CatalogError as exc:
+            problems.append(_problem(tid, uri, str(exc)))
+            uris.append(None)
+    df = df.assign(uri=uris)
+    df = df[df["uri"].notna()]
+
+    dup = df["track_id"].duplicated(keep="first")
+    for tid, uri in zip(df.loc[dup, "track_id"], df.loc[dup, "uri"], strict=True):
+        problems.append(_problem(tid, uri, "duplicate track_id: kept the first row"))
+    df = df[~dup]
+
+    df = _normalise(df)
+    bad_split = df["split"].notna() & ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        raise CatalogError(
+            f"manifest {str(p)!r}: split values {sorted(set(df.loc[bad_split, 'split']))} "
+            f"are not among {list(SPLITS)}"
+        )
+    df["lyrics"] = [clean_lyrics(v) for v in df["lyrics"]]
+    _clean_valence(df, notes)
+    problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
+    return Catalog(tracks=df, problems=problem_df, notes=notes)
+
+
+def _problem(track_id: object, uri: object, error: str) -> dict[str, str]:
+    return {
+        "track_id": "" if pd.isna(track_id) else str(track_id),
+        "uri": "" if pd.isna(uri) else str(uri)[:MAX_URI_CHARS],
+        "stage": "catalog",
+        "error": error,
+    }
+
+
+def check_uri(uri: object, *, base_dir: Path, audio_root: str | None = None) -> str:
+    """Validate one manifest URI and make a relative local path absolute.
+
+    Raises:
+        CatalogError: empty, too long, control characters, an unsupported scheme, or
+            a local path outside ``audio_root`` (when set).
+    """
+    if uri is None or (isinstance(uri, float) and np.isnan(uri)) or pd.isna(uri):
+        raise CatalogError("row without uri")
+    text = str(uri).strip()
+    if not text:
+        raise CatalogError("row without uri")
+    if len(text) > MAX_URI_CHARS:
+        raise CatalogError(f"uri longer than {MAX_URI_CHARS} characters")
+    if _CONTROL.search(text):
+        raise CatalogError("uri contains control characters")
+    scheme = urlparse(text).scheme.lower()
+    if len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        if scheme in REMOTE_SCHEMES:
+            return text
+        if scheme != "file":
+            raise CatalogError(
+                f"uri scheme {scheme!r} is not supported; use a local path, file:// or "
+                f"one of {', '.join(REMOTE_SCHEMES)}"
+            )
+        text = urlparse(text).path
+    local = Path(text)
+    resolved = (local if local.is_absolute() else base_dir / local).resolve()
+    if audio_root is not None:
+        root = Path(audio_root).resolve()
+        if not resolved.is_relative_to(root):
+            raise CatalogError(f"uri resolves outside audio_root {str(root)!r}")
+    return str(resolved)
+
+
+def clean_lyrics(value: object, *, max_chars: int = MAX_LYRICS_CHARS) -> str | None:
+    """Untrusted lyrics -> text: invalid UTF-8 replaced, control characters dropped,
+    capped at ``max_chars``; ``None`` for missing or blank."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        if pd.isna(value):
+            return None
+        value = str(value)
+    text = _CONTROL.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not text:
+        return None
+    return text[:max_chars]
+
+
+def _clean_valence(df: pd.DataFrame, notes: dict[str, int]) -> None:
+    valence = pd.to_numeric(df["valence"], errors="coerce").astype(float)
+    bad = valence.notna() & ((valence < 0.0) | (valence > 1.0))
+    if bad.any():
+        notes["valence_out_of_range"] = int(bad.sum())
+    df["valence"] = valence.where(~bad)
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "track_id": df["track_id"].astype("string"),
+            "uri": df["uri"].astype("string"),
+            "genre": _strings(df["genre"]),
+            "artist_id": _strings(df["artist_id"]),
+            "lyrics": df["lyrics"].astype("string"),
+            "valence": pd.to_numeric(df["valence"], errors="coerce").astype(float),
+            "split": _strings(df["split"]).str.lower(),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def _strings(column: pd.Series) -> pd.Series:
+    s = column.astype("string").str.strip()
+    return s.mask(s == "")
+
+
+# --- folder tree -----------------------------------------------------------------------
+
+
+def read_folder_tree(root: str | Path) -> Catalog:
+    """Read a ``<root>/<genre>/<file>`` tree (GTZAN layout); ``track_id`` is
+    ``<genre>/<file stem>``.
+
+    Raises:
+        CatalogError: no genre folder holds an audio file.
+    """
+    base = Path(root)
+    rows = []
+    for genre_dir in sorted(d for d in base.iterdir() if d.is_dir()):
+        for f in sorted(genre_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
+                rows.append(
+                    {
+                        "track_id": f"{genre_dir.name}/{f.stem}",
+                        "uri": str(f.resolve()),
+                        "genre": genre_dir.name,
+                        "artist_id": None,
+                        "lyrics": None,
+                        "valence": np.nan,
+                        "split": None,
+                    }
+                )
+    if not rows:
+        raise CatalogError(
+            f"{str(base)!r} is neither FMA metadata (tracks.csv) nor a <genre>/<audio file> "
+            f"tree: no {'/'.join(AUDIO_EXTENSIONS)} files one folder down"
+        )
+    return Catalog(tracks=_normalise(pd.DataFrame(rows)))
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+def assign_splits(
+    tracks: pd.DataFrame, *, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> pd.Series:
+    """Stratified, artist-disjoint split labels, reproducible from ``seed``.
+
+    Tracks of one artist (or a lone track without an artist) form a group that goes
+    to one split. Groups are visited largest first (ties in seeded random order) and
+    each goes to the split where it least increases the chi-square distance between
+    the split's genre counts and their targets, so small splits are not starved when
+    artists are few.
+
+    Returns:
+        a Series of ``train``/``val``/``test`` aligned with ``tracks.index``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1):
+        raise CatalogError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    genre = tracks["genre"].astype("string").fillna("<none>")
+    artist = tracks["artist_id"].astype("string")
+    group_key = artist.where(artist.notna(), "track:" + tracks["track_id"].astype(str))
+    members: dict[str, list[int]] = defaultdict(list)
+    genre_counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for pos, (key, g) in enumerate(zip(group_key, genre, strict=True)):
+        members[key].append(pos)
+        genre_counts[key][g] += 1
+    keys = sorted(members)
+    rng = np.random.default_rng(seed)
+    shuffled = [keys[i] for i in rng.permutation(len(keys))]
+    order = sorted(shuffled, key=lambda k: -len(members[k]))  # stable: seeded ties
+
+    totals = Counter(genre)
+    assigned = [Counter[str]() for _ in SPLITS]
+    labels = np.empty(len(tracks), dtype=object)
+    for key in order:
+        best, best_cost = 0, np.inf
+        for s, frac in enumerate(fractions):
+            if frac == 0:
+                continue
+            cost = 0.0  # growth of sum((assigned - target)^2 / target) if the group goes to s
+            for g, n in genre_counts[key].items():
+                target = frac * totals[g]
+                have = assigned[s][g]
+                cost += ((have + n - target) ** 2 - (have - target) ** 2) / target
+            if cost < best_cost - 1e-12:
+                best, best_cost = s, cost
+        for g, n in genre_counts[key].items():
+            assigned[best][g] += n
+        labels[members[key]] = SPLITS[best]
+    return pd.Series(labels, index=tracks.index, dtype="string")

@@ -1,0 +1,377 @@
+"""Ingest core: catalog rows -> Parquet token shards and error rows. No Ray here.
+
+The output folder of an ingest run::
+
+    <out>/_ingest.json        token spec + label vocabulary, fixed by the first run
+    <out>/shards/part-*.parquet   token shards, each written atomically
+    <out>/errors/part-*.parquet   error rows (track_id, uri, stage, kind, error)
+    <out>/_dataset.json       written last: its presence means "finished"
+
+A shard is named by the hash of its track ids and holds complete rows only, so a
+rerun reads which tracks are done, does the rest, and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from genreflow import __version__, storage
+from genreflow.audio import load_clip
+from genreflow.catalog import Catalog
+from genreflow.errors import AudioError, ConfigError, SpecMismatchError
+from genreflow.features import log_mel_for_spec
+from genreflow.schema import ERRORS_SCHEMA, SHARD_META_FIELDS, tokens_array, tokens_type
+from genreflow.tokens import TokenSpec, check_same_spec, cut_tokens
+
+log = logging.getLogger(__name__)
+
+DATASET_FORMAT = "genreflow.dataset/1"
+MOOD_CLASSES = ("sad", "neutral", "happy")
+STATE_FILE = "_ingest.json"
+DATASET_FILE = "_dataset.json"
+SUMMARY_COLUMNS = ["track_id", "status", "kind", "shard", "seconds"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Settings of one ingest run (``configs/ingest.yaml``)."""
+
+    catalog: str = ""  # manifest (.csv/.parquet), FMA metadata folder or <genre>/<file> tree
+    out: str = ""  # output folder, local or s3://
+    spec: TokenSpec = field(default_factory=TokenSpec)  # or a preset: paper000 | paper001
+    audio_dir: str | None = None  # FMA audio root (default: fma_<subset> beside metadata)
+    fma_subset: str = "medium"
+    use_fma_split: bool = True
+    require_genre: bool = True
+    audio_root: str | None = None  # when set, manifest paths must lie inside it
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    shard_size: int = 64  # tracks per Parquet shard and per Ray task
+    min_duration_s: float = 1.0  # shorter audio is an error row; 0 pads any clip
+    allow_silent: bool = False  # keep silent clips instead of error rows
+    max_error_rate: float = 0.2  # above it the run exits non-zero (after writing)
+    retry_errors: bool = False  # retry tracks a previous run recorded as errors
+    limit: int | None = None  # ingest only the first N catalog tracks
+    address: str | None = None  # Ray address; none: RAY_ADDRESS or a local Ray
+    num_cpus: int | None = None  # CPUs of a local Ray
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(f"max_error_rate must be in [0, 1], got {self.max_error_rate}")
+        if self.min_duration_s < 0:
+            raise ConfigError(f"min_duration_s must be >= 0, got {self.min_duration_s}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+
+
+def mood_index(valence: float) -> int:
+    """Valence -> mood class (paper 001): sad < 0.3 <= neutral < 0.6 <= happy; -1 unknown."""
+    if valence is None or not np.isfinite(valence):
+        return -1
+    return 0 if valence < 0.3 else (1 if valence < 0.6 else 2)
+
+
+def tokenize_track(
+    uri: str, spec: TokenSpec, *, min_duration_s: float = 0.0, allow_silent: bool = False
+) -> tuple[np.ndarray, float]:
+    """Decode one file into tokens.
+
+    Returns:
+        ``(tokens [n_tokens, n_mels, token_frames] float16, duration_s)``.
+
+    Raises:
+        AudioError: the file cannot be used (see :func:`genreflow.audio.load_clip`).
+    """
+    clip = load_clip(
+        uri,
+        sample_rate=spec.sample_rate,
+        clip_s=spec.clip_s,
+        min_duration_s=min_duration_s,
+        allow_silent=allow_silent,
+    )
+    mel = log_mel_for_spec(clip.samples, spec)  # [n_mels, n_frames]
+    return cut_tokens(mel, spec).astype(np.float16), clip.duration_s
+
+
+def shard_name(track_ids: Iterable[str]) -> str:
+    digest = hashlib.sha1("\n".join(sorted(track_ids)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def error_table(rows: list[dict[str, str]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+
+
+def ingest_shard(
+    rows: pd.DataFrame,
+    *,
+    out: str,
+    spec: dict[str, Any],
+    vocabulary: list[str],
+    min_duration_s: float,
+    allow_silent: bool,
+) -> pd.DataFrame:
+    """Tokenize a batch of catalog rows and write one shard and one error file.
+
+    The unit of work of a Ray task (``map_batches`` hands it a pandas batch), and of
+    the plain multiprocessing reference. Never raises for a bad track: the track
+    becomes an error row.
+
+    Returns:
+        one summary row per track: ``track_id, status (ok|error), kind, shard, seconds``.
+    """
+    token_spec = TokenSpec.from_dict(spec)
+    genre_index = {g: i for i, g in enumerate(vocabulary)}
+    name = shard_name(rows["track_id"].astype(str))
+    ok: list[dict[str, Any]] = []
+    tokens: list[np.ndarray] = []
+    errors: list[dict[str, str]] = []
+    summary: list[dict[str, Any]] = []
+    for row in rows.itertuples(index=False):
+        start = time.perf_counter()
+        track_id, uri = str(row.track_id), str(row.uri)
+        try:
+            toks, duration_s = tokenize_track(
+                uri, token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
+            )
+        except AudioError as exc:
+            errors.append(_error_row(track_id, uri, "decode", exc.kind, str(exc)))
+            summary.append(_summary(track_id, "error", exc.kind, "", start))
+            continue
+        except Exception as exc:  # one bad track must never take the shard down
+            log.exception("unexpected failure on track %s", track_id)
+            message = f"{type(exc).__name__}: {exc}"
+            errors.append(_error_row(track_id, uri, "tokenize", "internal", message))
+            summary.append(_summary(track_id, "error", "internal", "", start))
+            continue
+        genre = _optional_str(row.genre)
+        ok.append(
+            {
+                "track_id": track_id,
+                "split": _optional_str(row.split),
+                "genre": genre,
+                "genre_idx": genre_index.get(genre, -1) if genre is not None else -1,
+                "artist_id": _optional_str(row.artist_id),
+                "valence": _optional_float(row.valence),
+                "lyrics": _optional_str(row.lyrics),
+                "uri": uri,
+                "duration_s": duration_s,
+            }
+        )
+        tokens.append(toks)
+        summary.append(_summary(track_id, "ok", "", f"shards/{name}", start))
+    if ok:
+        table = pa.Table.from_pylist(ok, schema=pa.schema(SHARD_META_FIELDS))
+        table = table.append_column(
+            pa.field("tokens", tokens_type(token_spec)), tokens_array(np.stack(tokens), token_spec)
+        )
+        storage.write_parquet_atomic(table, storage.join(out, "shards", name))
+    if errors:
+        storage.write_parquet_atomic(error_table(errors), storage.join(out, "errors", name))
+    return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+
+
+def _summary(track_id: str, status: str, kind: str, shard: str, start: float) -> dict[str, Any]:
+    return {
+        "track_id": track_id,
+        "status": status,
+        "kind": kind,
+        "shard": shard,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _error_row(track_id: str, uri: str, stage: str, kind: str, error: str) -> dict[str, str]:
+    return {"track_id": track_id, "uri": uri, "stage": stage, "kind": kind, "error": error}
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return str(value)
+
+
+def _optional_float(value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+# --- the output folder's bookkeeping ---------------------------------------------------
+
+
+@dataclass
+class OutputState:
+    """What an output folder already holds: its spec, vocabulary and finished tracks."""
+
+    spec: TokenSpec
+    vocabulary: list[str]
+    done_ids: set[str]
+    error_ids: set[str]
+
+
+def prepare_output(
+    out: str, spec: TokenSpec, catalog: Catalog, *, retry_errors: bool
+) -> OutputState:
+    """Fix (first run) or check (rerun) the output's spec and vocabulary, and find the
+    tracks already done. Removes ``_dataset.json``: the folder is in progress again.
+
+    Raises:
+        SpecMismatchError: the folder holds shards of another token spec.
+        ConfigError: the catalog has genres the folder's vocabulary lacks.
+    """
+    genres = sorted(set(catalog.tracks["genre"].dropna().astype(str)))
+    state_uri = storage.join(out, STATE_FILE)
+    if storage.exists(state_uri):
+        state = storage.read_json(state_uri)
+        existing = TokenSpec.from_dict(state["token_spec"])
+        check_same_spec(existing, spec, a_name=f"existing output {out!r}", b_name="this run")
+        vocabulary = list(state["vocabulary"])
+        new = sorted(set(genres) - set(vocabulary))
+        if new:
+            raise ConfigError(
+                f"catalog has genres {new} that output {out!r} (vocabulary {vocabulary}) "
+                "lacks; ingest into a new output folder"
+            )
+    else:
+        if storage.list_files(storage.join(out, "shards"), suffix=".parquet"):
+            raise SpecMismatchError(
+                f"{out!r} holds shards but no {STATE_FILE}; it was not written by this "
+                "version of genreflow ingest. Use a new output folder."
+            )
+        vocabulary = genres
+        storage.makedirs(out)
+        storage.write_json_atomic(
+            state_uri,
+            {"format": DATASET_FORMAT, "token_spec": spec.to_dict(), "vocabulary": vocabulary},
+        )
+    storage.delete(storage.join(out, DATASET_FILE))
+    done = set(_column_values(storage.join(out, "shards"), "track_id"))
+    error_ids = set(_column_values(storage.join(out, "errors"), "track_id"))
+    if retry_errors:
+        for uri in storage.list_files(storage.join(out, "errors"), suffix=".parquet"):
+            storage.delete(uri)
+        error_ids = set()
+    return OutputState(spec=spec, vocabulary=vocabulary, done_ids=done, error_ids=error_ids)
+
+
+def _column_values(folder: str, column: str) -> Iterable[str]:
+    files = storage.list_files(folder, suffix=".parquet")
+    for table in storage.read_parquet_columns(files, [column]):
+        yield from (v for v in table.column(column).to_pylist() if v)
+
+
+def write_catalog_problems(out: str, catalog: Catalog, already: set[str]) -> int:
+    """Record the catalog's refused rows in the errors table (once). Returns the count."""
+    problems = catalog.problems
+    if problems.empty:
+        return 0
+    fresh = problems[~problems["track_id"].isin(already) | (problems["track_id"] == "")]
+    if fresh.empty:
+        return 0
+    rows = [
+        _error_row(r.track_id, r.uri, "catalog", _problem_kind(r.error), r.error)
+        for r in fresh.itertuples(index=False)
+    ]
+    name = "catalog-" + shard_name(f"{r['track_id']}|{r['uri']}|{r['error']}" for r in rows)
+    storage.write_parquet_atomic(error_table(rows), storage.join(out, "errors", name))
+    return len(rows)
+
+
+def _problem_kind(error: str) -> str:
+    if error.startswith("duplicate"):
+        return "duplicate_track_id"
+    if error.startswith("row without"):
+        return "bad_row"
+    if "uri" in error:
+        return "bad_uri"
+    return "bad_row"
+
+
+def finalize(
+    out: str, *, spec: TokenSpec, vocabulary: list[str], catalog_uri: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Count what the folder holds and write ``_dataset.json`` last (atomically)."""
+    shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
+    by_split: Counter[str] = Counter()
+    by_split_genre: dict[str, Counter[str]] = {}
+    by_split_mood: dict[str, Counter[str]] = {}
+    lyrics = 0
+    for table in storage.read_parquet_columns(shards, ["split", "genre", "valence", "lyrics"]):
+        frame = table.to_pandas()
+        splits = frame["split"].fillna("none").astype(str)
+        genres = frame["genre"].fillna("none").astype(str)
+        moods = [
+            MOOD_CLASSES[m] if m >= 0 else "unknown" for m in map(mood_index, frame["valence"])
+        ]
+        for split, genre, mood in zip(splits, genres, moods, strict=True):
+            by_split[split] += 1
+            by_split_genre.setdefault(split, Counter())[genre] += 1
+            by_split_mood.setdefault(split, Counter())[mood] += 1
+        lyrics += int(frame["lyrics"].notna().sum())
+    errors_by_kind: Counter[str] = Counter()
+    errors = storage.list_files(storage.join(out, "errors"), suffix=".parquet")
+    for table in storage.read_parquet_columns(errors, ["kind"]):
+        errors_by_kind.update(table.column("kind").to_pylist())
+    manifest = {
+        "format": DATASET_FORMAT,
+        "genreflow_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "catalog": catalog_uri,
+        "token_spec": spec.to_dict(),
+        "spec_hash": spec.spec_hash(),
+        "token_shape": list(spec.token_shape),
+        "token_dtype": "float16",
+        "labels": {"genre": vocabulary, "mood": list(MOOD_CLASSES)},
+        "counts": {
+            "rows": sum(by_split.values()),
+            "by_split": dict(sorted(by_split.items())),
+            "by_split_genre": {
+                s: dict(sorted(c.items())) for s, c in sorted(by_split_genre.items())
+            },
+            "by_split_mood": {s: dict(sorted(c.items())) for s, c in sorted(by_split_mood.items())},
+            "with_lyrics": lyrics,
+            "errors": sum(errors_by_kind.values()),
+            "errors_by_kind": dict(sorted(errors_by_kind.items())),
+        },
+        "shards": [s.rsplit("/", 1)[-1] for s in shards],
+        **extra,
+    }
+    storage.write_json_atomic(storage.join(out, DATASET_FILE), manifest)
+    return manifest
+
+
+def read_dataset_manifest(data: str) -> dict[str, Any]:
+    """The ``_dataset.json`` of a finished ingest output.
+
+    Raises:
+        ConfigError: the folder is missing or its ingest never finished.
+    """
+    uri = storage.join(data, DATASET_FILE)
+    if not storage.exists(uri):
+        raise ConfigError(
+            f"{data!r} is not a finished genreflow dataset (no {DATASET_FILE}); run "
+            "`genreflow ingest` into it first, or let an interrupted ingest finish"
+        )
+    manifest: dict[str, Any] = storage.read_json(uri)
+    return manifest
+
+
+def config_dict(config: IngestConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

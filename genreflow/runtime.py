@@ -1,0 +1,54 @@
+"""Starting or joining Ray: the one place jobs and the CLI call ``ray.init``.
+
+No address and no ``RAY_ADDRESS``: an embedded local Ray (``address="local"``, so a
+stale cluster file left by ``ray stop`` is never joined by mistake). Under
+``ray job submit`` the job's environment carries ``RAY_ADDRESS`` and the job joins
+that cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from genreflow.errors import GenreflowError
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process.
+
+    Args:
+        address: a cluster address (``ray://host:10001``, ``host:6379`` or ``auto``);
+            ``None`` joins ``RAY_ADDRESS`` when set, else starts a local Ray.
+        num_cpus: CPUs of a local Ray; ignored when joining a cluster.
+
+    Raises:
+        GenreflowError: the cluster cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    target = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if target:
+            ray.init(address=target, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise GenreflowError(
+            f"cannot reach the Ray cluster at {target!r}: {exc}. Check the address "
+            "(`ray status --address ...`) or leave it unset to run on a local Ray."
+        ) from exc
+    resources = ray.cluster_resources()
+    log.info(
+        "Ray %s: %s CPUs, %s GPUs, %d nodes",
+        "cluster " + str(target) if target else "local",
+        resources.get("CPU", 0),
+        resources.get("GPU", 0),
+        len(ray.nodes()),
+    )

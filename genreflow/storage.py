@@ -1,0 +1,186 @@
+"""Paths that may be local or ``s3://bucket/prefix``, and atomic writes on both.
+
+Local writes go to a temporary name beside the target and are moved into place with
+``os.replace``; S3 puts are atomic per object, so a reader sees an old or a new object,
+never half of one. S3 credentials come only from the environment or the instance role
+(pyarrow's default AWS chain); ``AWS_ENDPOINT_URL`` points at S3-compatible stores.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from genreflow.errors import StorageError
+
+
+def is_remote(uri: str) -> bool:
+    scheme = urlparse(uri).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path within it for a local path or URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"{uri!r} names no bucket; expected s3://bucket/prefix")
+        fs = _s3_filesystem(
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        )
+        return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme == "file":
+        return pafs.LocalFileSystem(), os.path.abspath(parsed.path)
+    if is_remote(uri):
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(f"no filesystem for {uri!r}: {exc}") from exc
+        return fs, path
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise StorageError(f"cannot reach {uri!r}: {exc}") from exc
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create {uri!r}: {exc}") from exc
+
+
+def list_files(uri: str, *, suffix: str = "") -> list[str]:
+    """Files directly inside folder ``uri`` whose name ends with ``suffix``, sorted.
+
+    Names starting with ``.`` or ``_`` (temporary and bookkeeping files) are skipped.
+    A missing folder lists as empty.
+    """
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError as exc:
+        raise StorageError(f"cannot list {uri!r}: {exc}") from exc
+    names = sorted(
+        info.base_name
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(suffix)
+        and not info.base_name.startswith((".", "_"))
+    )
+    return [join(uri, name) for name in names]
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return bytes(f.read())
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri!r} does not exist") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot read {uri!r}: {exc}") from exc
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so a reader sees the old object or the whole new one."""
+    fs, path = resolve(uri)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = os.path.join(
+                os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+            )
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri!r}: {exc}") from exc
+
+
+def read_json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StorageError(f"{uri!r} is not valid JSON: {exc}") from exc
+
+
+def write_json_atomic(uri: str, data: Any) -> None:
+    write_bytes_atomic(uri, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_parquet_atomic(table: pa.Table, uri: str) -> None:
+    """Write ``table`` as one Parquet file, atomically (see :func:`write_bytes_atomic`)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(uri, sink.getvalue())
+
+
+def read_parquet_columns(uris: list[str], columns: list[str]) -> Iterator[pa.Table]:
+    """Stream the named columns of Parquet files, one file at a time."""
+    for uri in uris:
+        fs, path = resolve(uri)
+        try:
+            yield pq.read_table(path, columns=columns, filesystem=fs)
+        except OSError as exc:
+            raise StorageError(f"cannot read Parquet {uri!r}: {exc}") from exc
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot delete {uri!r}: {exc}") from exc

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.audio_fixtures import write_tone
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session, 2 CPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def small_manifest(tmp_path: Path) -> Path:
+    """Eight short tones in four formats and two genres, as a generic manifest."""
+    rows = []
+    for i in range(8):
+        genre = "low" if i % 2 == 0 else "high"
+        suffix = [".wav", ".mp3", ".ogg", ".flac"][i % 4]
+        freq = (220.0 if genre == "low" else 1760.0) * (1 + 0.05 * i)
+        path = write_tone(tmp_path / "audio" / f"t{i}{suffix}", freq, duration_s=4.0, seed=i)
+        rows.append(
+            {
+                "track_id": f"t{i}",
+                "uri": str(path.relative_to(tmp_path)),
+                "genre": genre,
+                "artist_id": f"a{i % 4}",
+                "valence": 0.1 * i,
+                "lyrics": f"line one of {i}\nline two" if i % 3 else None,
+            }
+        )
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest

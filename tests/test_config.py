@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genreflow.config import load_config
+from genreflow.errors import ConfigError
+from genreflow.ingest import IngestConfig
+from genreflow.tokens import TokenSpec, preset
+
+REPO = Path(__file__).resolve().parent.parent
+JOB_CONFIGS = {"ingest.yaml": IngestConfig}
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("catalog: a.csv\nshard_size: 8\nspec: paper001\n")
+    config = load_config(
+        IngestConfig, path, ["shard_size=16", "allow_silent=true", "spec.n_tokens=5"], out="o"
+    )
+    assert config.catalog == "a.csv" and config.out == "o"
+    assert config.shard_size == 16 and config.allow_silent is True
+    assert config.spec == TokenSpec(**{**preset("paper001").to_dict(), "n_tokens": 5})
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'shard_sise'.*did you mean 'shard_size'"
+    ):
+        load_config(IngestConfig, overrides=["shard_sise=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'spec.n_token'"):
+        load_config(IngestConfig, overrides=["spec.n_token=3"])
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("shard_size=many", "'shard_size' must be an integer"),
+        ("allow_silent=3", "'allow_silent' must be true or false"),
+        ("shard_size=0", "shard_size must be >= 1"),
+        ("max_error_rate=2", "max_error_rate must be in"),
+        ("spec=paper999", "unknown token spec preset"),
+        ("noequals", "key=value"),
+    ],
+)
+def test_bad_values_are_config_errors(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(IngestConfig, overrides=[override])
+
+
+def test_a_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(IngestConfig, tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(IngestConfig, tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(JOB_CONFIGS))
+def test_every_job_config_loads_and_starts_with_its_submit_line(name: str) -> None:
+    path = REPO / "configs" / name
+    first = path.read_text().splitlines()[0]
+    job = name.replace(".yaml", "")
+    assert first.startswith("# ray job submit --working-dir . -- python jobs/")
+    assert f"--config configs/{name}" in first
+    script = first.split("python ", 1)[1].split()[0]
+    assert (REPO / script).is_file(), script
+    assert job in script or job == "index"
+    load_config(JOB_CONFIGS[name], path)
+
+
+def test_every_yaml_under_configs_is_covered() -> None:
+    names = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert names == set(JOB_CONFIGS)
+    for p in (REPO / "configs").glob("*.yaml"):
+        assert isinstance(yaml.safe_load(p.read_text()), dict)
