@@ -1,0 +1,66 @@
+"""The four models of the papers, chosen by name. See :mod:`genreflow.models.base`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from genreflow.errors import ConfigError
+from genreflow.models.base import GenreModel, ModelOutput, count_parameters
+from genreflow.models.baseline_cnn import BaselineCNN
+from genreflow.models.multimodal_han import MultimodalHAN
+from genreflow.models.multitask_attention_cnn import MultitaskAttentionCNN
+from genreflow.models.signature_attention import SignatureAttention
+from genreflow.tokens import TokenSpec
+
+MODELS: dict[str, type[GenreModel]] = {
+    cls.name: cls for cls in (SignatureAttention, MultitaskAttentionCNN, MultimodalHAN, BaselineCNN)
+}
+
+
+def model_class(name: str) -> type[GenreModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+
+
+def build_model(
+    name: str,
+    spec: TokenSpec,
+    *,
+    n_genres: int,
+    n_moods: int = 3,
+    preset: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+    word_vectors: np.ndarray | None = None,
+) -> GenreModel:
+    """Build a model by name; ``vocab_size`` (and optional ``word_vectors``) for lyrics models.
+
+    Raises:
+        ConfigError: unknown name, preset or hyperparameter.
+    """
+    cls = model_class(name)
+    kwargs: dict[str, Any] = dict(overrides or {})
+    if cls.uses_lyrics:
+        kwargs["vocab_size"] = vocab_size if vocab_size is not None else 2
+        kwargs["word_vectors"] = word_vectors
+    factory: Callable[..., GenreModel] = cls  # every model adds `preset` to the base signature
+    return factory(spec, n_genres=n_genres, n_moods=n_moods, preset=preset, **kwargs)
+
+
+__all__ = [
+    "MODELS",
+    "BaselineCNN",
+    "GenreModel",
+    "ModelOutput",
+    "MultimodalHAN",
+    "MultitaskAttentionCNN",
+    "SignatureAttention",
+    "build_model",
+    "count_parameters",
+    "model_class",
+]

@@ -1,0 +1,171 @@
+"""What every genreflow model shares: the output type, input checks, attention helpers.
+
+Input: tokens ``[batch, n_tokens, n_mels, token_frames]`` in dB (float16 or float32),
+an optional ``token_mask [batch, n_tokens]`` (True = real token), optional lyrics ids
+``[batch, sentences, words]``. Output: :class:`ModelOutput`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from genreflow.errors import ConfigError, ShapeError
+from genreflow.tokens import TokenSpec
+
+# Tokens are log-mel dB (floor -100); this affine puts typical music near [-2, 2].
+INPUT_SHIFT_DB = 40.0
+INPUT_SCALE_DB = 20.0
+
+
+class ModelOutput(NamedTuple):
+    """One output type for every model (a tuple, so DDP and tracing handle it)."""
+
+    genre_logits: Tensor  # [batch, n_genres]
+    mood_logits: Tensor | None  # [batch, n_moods] where the model has a mood head
+    token_weights: Tensor | None  # [batch, n_tokens], sums to 1 over real tokens
+    embedding: Tensor  # [batch, embedding_dim]: the signature, or the penultimate layer
+
+
+class GenreModel(nn.Module):
+    """Base class: holds the token spec and label counts, checks inputs."""
+
+    name: ClassVar[str]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    has_mood: ClassVar[bool] = False
+    uses_lyrics: ClassVar[bool] = False
+
+    def __init__(self, spec: TokenSpec, *, n_genres: int, n_moods: int = 3) -> None:
+        super().__init__()
+        if n_genres < 2:
+            raise ConfigError(f"{self.name}: need at least 2 genres, got n_genres={n_genres}")
+        if n_moods < 2:
+            raise ConfigError(f"{self.name}: need at least 2 moods, got n_moods={n_moods}")
+        self.spec = spec
+        self.n_genres = n_genres
+        self.n_moods = n_moods
+
+    @classmethod
+    def hyperparameters(
+        cls, preset: str, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A preset's hyperparameters with ``overrides`` applied (unknown keys refused)."""
+        if preset not in cls.presets:
+            raise ConfigError(
+                f"model {cls.name!r} has no preset {preset!r}; choose one of {sorted(cls.presets)}"
+            )
+        params = dict(cls.presets[preset])
+        for key, value in (overrides or {}).items():
+            if key not in params:
+                raise ConfigError(
+                    f"model {cls.name!r} has no hyperparameter {key!r}; known: {sorted(params)}"
+                )
+            params[key] = value
+        return params
+
+    def check_tokens(self, tokens: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """Validate ``tokens`` and return them normalised as float32.
+
+        Raises:
+            ShapeError: wrong rank or shape (names the expected one), or NaN/inf values.
+        """
+        _, n_mels, frames = self.spec.token_shape
+        if tokens.dim() != 4 or tuple(tokens.shape[2:]) != (n_mels, frames):
+            raise ShapeError(
+                f"{self.name} expects tokens [batch, n_tokens, {n_mels}, {frames}] "
+                f"(batch, n_tokens, n_mels, token_frames), got {list(tokens.shape)}"
+            )
+        if tokens.shape[1] < 1 or tokens.shape[0] < 1:
+            raise ShapeError(f"{self.name}: empty token batch {list(tokens.shape)}")
+        if token_mask is not None and tuple(token_mask.shape) != tuple(tokens.shape[:2]):
+            raise ShapeError(
+                f"{self.name}: token_mask must be [batch, n_tokens] = {list(tokens.shape[:2])}, "
+                f"got {list(token_mask.shape)}"
+            )
+        x = tokens.float()
+        if not torch.isfinite(x).all():
+            raise ShapeError(f"{self.name}: tokens hold NaN or infinite values")
+        return (x + INPUT_SHIFT_DB) / INPUT_SCALE_DB
+
+    def forward(
+        self,
+        tokens: Tensor,
+        token_mask: Tensor | None = None,
+        lyrics: Tensor | None = None,
+    ) -> ModelOutput:
+        raise NotImplementedError
+
+    def check_targets(self, genre: Tensor, mood: Tensor | None = None) -> None:
+        """Raise :class:`ShapeError` when labels do not fit the heads (-1 = missing)."""
+        if genre.numel() and (int(genre.max()) >= self.n_genres or int(genre.min()) < -1):
+            raise ShapeError(
+                f"{self.name} has {self.n_genres} genre classes (0..{self.n_genres - 1}), got "
+                f"labels in [{int(genre.min())}, {int(genre.max())}]; the dataset's label "
+                "vocabulary and the model's n_genres differ"
+            )
+        if mood is not None and mood.numel() and int(mood.max()) >= self.n_moods:
+            raise ShapeError(f"{self.name} has {self.n_moods} mood classes, got {int(mood.max())}")
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax where ``mask`` is True; masked entries get exactly 0, and a row with no
+    True entry gets all zeros instead of NaN."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=dim)
+    return torch.nan_to_num(weights, nan=0.0) * mask
+
+
+class AttentionPool(nn.Module):
+    """Additive attention pooling: ``a_t = softmax_t(v^T tanh(W h_t + b))``; returns the
+    weights ``[batch, n]`` and ``sum_t a_t h_t``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.context = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        scores = self.context(torch.tanh(self.proj(h))).squeeze(-1)  # [batch, n]
+        weights = masked_softmax(scores, mask)
+        return weights, torch.einsum("bn,bnd->bd", weights, h)
+
+
+def conv_block(
+    c_in: int, c_out: int, *, kernel: int, pool: int, dropout: float = 0.0
+) -> nn.Sequential:
+    """Conv -> batch norm -> ReLU -> max pool (-> dropout)."""
+    before, after = (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2  # "same", even kernels too
+    layers: list[nn.Module] = [
+        nn.ZeroPad2d((before, after, before, after)),
+        nn.Conv2d(c_in, c_out, kernel, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(pool, ceil_mode=True),
+    ]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def per_token(tokens: Tensor, input_pool: int) -> Tensor:
+    """``[batch, n_tokens, mels, frames]`` -> ``[batch * n_tokens, 1, mels', frames']``
+    (time-distributed: every token through the same CNN)."""
+    b, t, m, f = tokens.shape
+    x = tokens.reshape(b * t, 1, m, f)
+    if input_pool > 1:
+        x = nn.functional.avg_pool2d(x, input_pool, ceil_mode=True)
+    return x
+
+
+def mask_or_ones(token_mask: Tensor | None, tokens: Tensor) -> Tensor:
+    if token_mask is None:
+        return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    return token_mask.bool()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,104 @@
+"""Paper 000: attention-guided spectrogram sequence model and its attention signature.
+
+One CNN runs on every token with shared weights (time-distributed) and gives token
+embeddings ``e_t``; multi-head self-attention with learned token positions relates the
+tokens; additive attention pooling gives each token an importance ``a_t`` (softmax over
+real tokens) and the classifier reads ``sum_t a_t h_t``. The track's *signature* is
+``sum_t a_t e_t``: the CNN embeddings weighted by the softmax of the attention scores
+(paper 000, section 3.2) — the vector the recommendation index is built on.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from genreflow.errors import ShapeError
+from genreflow.models.base import (
+    AttentionPool,
+    GenreModel,
+    ModelOutput,
+    conv_block,
+    mask_or_ones,
+    per_token,
+)
+from genreflow.tokens import TokenSpec
+
+
+class SignatureAttention(GenreModel):
+    name = "signature_attention"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {
+            "input_pool": 2,
+            "channels": [8, 16, 32],
+            "d_model": 32,
+            "heads": 2,
+            "ffn": 64,
+            "attn_hidden": 32,
+            "dropout": 0.1,
+        },
+        "paper": {
+            "input_pool": 1,
+            "channels": [32, 64, 128, 256],
+            "d_model": 128,
+            "heads": 4,
+            "ffn": 256,
+            "attn_hidden": 128,
+            "dropout": 0.3,
+        },
+    }
+
+    def __init__(
+        self,
+        spec: TokenSpec,
+        *,
+        n_genres: int,
+        n_moods: int = 3,
+        preset: str = "tiny",
+        **overrides: Any,
+    ) -> None:
+        super().__init__(spec, n_genres=n_genres, n_moods=n_moods)
+        p = self.hyperparameters(preset, overrides)
+        self.input_pool = int(p["input_pool"])
+        channels = [1, *p["channels"]]
+        d = int(p["d_model"])
+        self.token_cnn = nn.Sequential(
+            *[conv_block(a, b, kernel=3, pool=2) for a, b in pairwise(channels)],
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels[-1], d),
+            nn.ReLU(inplace=True),
+        )
+        self.position = nn.Parameter(torch.randn(1, spec.n_tokens, d) * 0.02)
+        self.attention = nn.MultiheadAttention(
+            d, int(p["heads"]), dropout=p["dropout"], batch_first=True
+        )
+        self.norm1 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, int(p["ffn"])), nn.ReLU(inplace=True), nn.Linear(int(p["ffn"]), d)
+        )
+        self.norm2 = nn.LayerNorm(d)
+        self.pool = AttentionPool(d, int(p["attn_hidden"]))
+        self.classifier = nn.Sequential(nn.Dropout(p["dropout"]), nn.Linear(d, n_genres))
+
+    def forward(
+        self, tokens: Tensor, token_mask: Tensor | None = None, lyrics: Tensor | None = None
+    ) -> ModelOutput:
+        x = self.check_tokens(tokens, token_mask)  # [b, t, mels, frames]
+        b, t = x.shape[:2]
+        if t > self.spec.n_tokens:
+            raise ShapeError(f"{self.name}: at most {self.spec.n_tokens} tokens per track, got {t}")
+        mask = mask_or_ones(token_mask, x)  # [b, t]
+        if not bool(mask.any(dim=1).all()):
+            raise ShapeError(f"{self.name}: every track needs at least one real token")
+        e = self.token_cnn(per_token(x, self.input_pool)).reshape(b, t, -1)  # [b, t, d]
+        h = e + self.position[:, :t]
+        a, _ = self.attention(h, h, h, key_padding_mask=~mask, need_weights=False)
+        h = self.norm1(h + a)
+        h = self.norm2(h + self.ffn(h))  # [b, t, d]
+        weights, pooled = self.pool(h, mask)  # [b, t], [b, d]
+        signature = torch.einsum("bt,btd->bd", weights, e)  # [b, d]
+        return ModelOutput(self.classifier(pooled), None, weights, signature)
