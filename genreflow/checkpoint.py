@@ -1,0 +1,118 @@
+"""Checkpoints: one ``model.pt`` per checkpoint folder, loaded with ``weights_only=True``.
+
+A checkpoint holds everything inference needs besides code: weights, the model's name,
+preset and hyperparameters, the label vocabularies, the token spec and (for lyrics
+models) the lyrics vocabulary; plus optimizer state and the epoch for resuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from genreflow import storage
+from genreflow.errors import ConfigError
+from genreflow.models import GenreModel, build_model
+from genreflow.models.lyrics import LyricsVocab
+from genreflow.tokens import TokenSpec, check_same_spec
+
+CHECKPOINT_FILE = "model.pt"
+FORMAT = "genreflow.checkpoint/1"
+
+
+def save(folder: str, state: dict[str, Any]) -> str:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts) as ``folder/model.pt``."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    uri = storage.join(folder, CHECKPOINT_FILE)
+    storage.write_bytes_atomic(uri, buffer.getvalue())
+    return uri
+
+
+def load(path: str) -> dict[str, Any]:
+    """Read a checkpoint folder (or its ``model.pt``) safely: ``weights_only=True``.
+
+    Raises:
+        ConfigError: the path holds no genreflow checkpoint.
+    """
+    uri = path if path.endswith(".pt") else storage.join(path, CHECKPOINT_FILE)
+    if not storage.exists(uri):
+        raise ConfigError(f"no checkpoint at {path!r} (expected {CHECKPOINT_FILE} there)")
+    try:
+        state = torch.load(
+            io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True
+        )
+    except Exception as exc:  # unpickling refuses anything but tensors and plain data
+        raise ConfigError(f"{uri!r} is not a loadable genreflow checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{uri!r} is not a genreflow checkpoint (format {FORMAT})")
+    return state
+
+
+def model_version(name: str, state_dict: dict[str, torch.Tensor]) -> str:
+    """``<model name>-<12 hex>``: a content hash of the weights, equal for equal weights."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(
+            tensor.numpy().tobytes()
+            if tensor.dtype != torch.bfloat16
+            else tensor.float().numpy().tobytes()
+        )
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what it was trained on."""
+
+    model: GenreModel
+    spec: TokenSpec
+    genres: list[str]
+    moods: list[str]
+    lyrics_vocab: LyricsVocab | None
+    version: str
+    path: str
+
+
+def load_model(
+    path: str, *, expected_spec: TokenSpec | None = None, data_name: str = "the data"
+) -> LoadedModel:
+    """Rebuild the model of a checkpoint in eval mode.
+
+    Raises:
+        SpecMismatchError: ``expected_spec`` differs from the checkpoint's token spec.
+    """
+    state = load(path)
+    spec = TokenSpec.from_dict(state["token_spec"])
+    if expected_spec is not None:
+        check_same_spec(spec, expected_spec, a_name=f"checkpoint {path!r}", b_name=data_name)
+    meta = state["model"]
+    words = state.get("lyrics_vocab")
+    vocab = LyricsVocab(tuple(words)) if words else None
+    model = build_model(
+        meta["name"],
+        spec,
+        n_genres=len(state["labels"]["genre"]),
+        n_moods=len(state["labels"]["mood"]),
+        preset=meta["preset"],
+        overrides=meta.get("overrides") or {},
+        vocab_size=len(vocab) if vocab else None,
+    )
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        genres=list(state["labels"]["genre"]),
+        moods=list(state["labels"]["mood"]),
+        lyrics_vocab=vocab,
+        version=state.get("model_version") or model_version(meta["name"], state["state_dict"]),
+        path=os.fspath(path),
+    )

@@ -1,0 +1,461 @@
+"""Training on Ray Train: checks before any worker starts, datasets, the trainer, test
+metrics and the run folder.
+
+Run folder (``out``)::
+
+    metrics.json          test metrics, best checkpoint, model version, per-epoch history
+    epochs/epoch-*.json   validation metrics of every epoch, as they happen
+    confusion_matrix.csv  on the test split (and .png)
+    checkpoints/          Ray Train's checkpoints (or ``storage_path``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genreflow import checkpoint as ckpt
+from genreflow import storage
+from genreflow.errors import ConfigError, GenreflowError
+from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
+from genreflow.models import model_class
+from genreflow.models.lyrics import LyricsVocab
+from genreflow.runtime import init_ray
+from genreflow.tokens import TokenSpec
+from genreflow.train import (
+    LYRICS_COLUMN,
+    TENSOR_COLUMNS,
+    TrainConfig,
+    balanced_class_weights,
+    build_for_training,
+    evaluate,
+    predict,
+    train_loop_per_worker,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    out: str
+    metrics: dict[str, Any]
+    seconds: float
+
+    def summary(self) -> str:
+        m = self.metrics
+        val = m.get("best_val", {})
+        test = m.get("test", {})
+        text = (
+            f"train {m['model']} ({m['preset']}) -> {self.out}: {m['epochs_run']} epochs in "
+            f"{self.seconds:.0f} s; best val accuracy {val.get('val_accuracy', float('nan')):.3f}, "
+            f"macro-F1 {val.get('val_macro_f1', float('nan')):.3f}; test accuracy "
+            f"{test.get('accuracy', float('nan')):.3f}, "
+            f"macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
+            f"log-loss {test.get('log_loss', float('nan')):.3f}"
+        )
+        if "mood" in test:
+            text += f", mood accuracy {test['mood'].get('accuracy', float('nan')):.3f}"
+        if "cross_validation" in m:
+            cv = m["cross_validation"]
+            text += (
+                f"; {cv['folds']}-fold CV macro-F1 {cv['macro_f1_mean']:.3f} ± "
+                f"{cv['macro_f1_std']:.3f}"
+            )
+        return text + f". Model {m['model_version']}; best checkpoint {m['best_checkpoint']}."
+
+
+def _check(config: TrainConfig) -> dict[str, Any]:
+    """Every check that needs no worker: config, data folder, splits, model."""
+    if not config.data:
+        raise ConfigError("no data folder given: set data=DIR (or --data DIR)")
+    if not config.out:
+        raise ConfigError("no run folder given: set out=DIR (or --out DIR)")
+    model_class(config.model)
+    manifest = read_dataset_manifest(config.data)
+    by_split = manifest["counts"]["by_split"]
+    for split in ("train", "val"):
+        if not by_split.get(split):
+            raise ConfigError(
+                f"dataset {config.data!r} has no rows in its {split!r} split (splits: {by_split}); "
+                "re-ingest with split_fractions that give every split tracks"
+            )
+    genres = manifest["labels"]["genre"]
+    spec = TokenSpec.from_dict(manifest["token_spec"])
+    build_for_training(config, spec, len(genres), 2)  # bad presets/overrides fail here
+    if config.resume:
+        latest = _latest_checkpoint(config)
+        if latest is not None:
+            state = ckpt.load(latest)
+            from genreflow.tokens import check_same_spec
+
+            check_same_spec(
+                TokenSpec.from_dict(state["token_spec"]),
+                spec,
+                a_name=f"checkpoint {latest!r}",
+                b_name=f"dataset {config.data!r}",
+            )
+    elif storage.exists(storage.join(config.out, "metrics.json")) or _latest_checkpoint(config):
+        raise ConfigError(
+            f"run folder {config.out!r} already holds a run; pass --resume (resume=true) to "
+            "continue it, or choose a new --out"
+        )
+    return manifest
+
+
+def _storage_path(config: TrainConfig) -> str:
+    return config.storage_path or storage.join(config.out, "checkpoints")
+
+
+def _latest_checkpoint(config: TrainConfig) -> str | None:
+    root = storage.join(_storage_path(config), "run")
+    fs, path = storage.resolve(root)
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return None
+    folders = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    if not folders:
+        return None
+    latest = folders[-1].rsplit("/", 1)[-1]
+    return storage.join(root, latest)
+
+
+def _read_split(
+    config: TrainConfig, split: str, extra: list[str] | None = None, *, lyrics: bool
+) -> Any:
+    """One split of the shards, only the columns named (Ray pushes both into the reader)."""
+    import ray
+    from ray.data.expressions import col
+
+    fs, path = storage.resolve(storage.join(config.data, "shards"))
+    columns = ["split", "tokens", "genre_idx", "valence", *(extra or [])]
+    columns += ["lyrics"] if lyrics else []
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    return ds.filter(expr=col("split") == split)
+
+
+def _datasets(
+    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
+) -> dict[str, Any]:
+    """Ray datasets of the tensor columns training reads, one per split."""
+    return {
+        split: _prepare_frame(_read_split(config, split, lyrics=vocab is not None), vocab, config)
+        for split in splits
+    }
+
+
+def build_lyrics_vocab(config: TrainConfig) -> LyricsVocab:
+    """The lyrics vocabulary of the training split: a Ray Data pass counting words per
+    block, summed on the driver (a word list, never the lyrics themselves)."""
+    import ray
+    from ray.data.expressions import col
+
+    from genreflow.models.lyrics import sentences
+
+    fs, path = storage.resolve(storage.join(config.data, "shards"))
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["split", "lyrics"])
+    ds = ds.filter(expr=col("split") == "train")
+
+    def count(batch: pd.DataFrame) -> pd.DataFrame:
+        counts: Counter[str] = Counter()
+        for text in batch["lyrics"].dropna():
+            for sentence in sentences(str(text)):
+                counts.update(sentence)
+        return pd.DataFrame({"word": list(counts), "n": list(counts.values())})
+
+    totals: Counter[str] = Counter()
+    for part in ds.map_batches(count, batch_format="pandas").iter_batches(
+        batch_format="pandas", batch_size=None
+    ):
+        totals.update(dict(zip(part["word"], part["n"], strict=True)))
+    words = [w for w, n in totals.most_common() if n >= config.lyrics_min_count]
+    words = sorted(words, key=lambda w: (-totals[w], w))[: max(0, config.lyrics_max_vocab - 2)]
+    return LyricsVocab(("<pad>", "<unk>", *words))
+
+
+def _fit(
+    config: TrainConfig,
+    manifest: dict[str, Any],
+    vocab: LyricsVocab | None,
+    datasets: dict[str, Any],
+    *,
+    name: str,
+) -> Any:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    genres = manifest["labels"]["genre"]
+    counts = manifest["counts"]["by_split_genre"].get("train", {})
+    loop_config = {
+        "config": dataclasses.asdict(config),
+        "token_spec": manifest["token_spec"],
+        "genres": genres,
+        "moods": list(MOOD_CLASSES),
+        "lyrics_vocab": list(vocab.words) if vocab else None,
+        "class_weights": balanced_class_weights(counts, genres)
+        if config.class_weighting == "balanced"
+        else None,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={
+                "CPU": config.cpus_per_worker,
+                **({"GPU": 1} if config.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=_storage_path(config),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
+            ),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise GenreflowError(
+            f"training failed after {config.max_failures} recovery attempt(s): {exc}"
+        ) from exc
+
+
+def _cache(config: TrainConfig, manifest: dict[str, Any], splits: list[str]) -> bool:
+    """Whether to keep the prepared splits in the object store instead of re-reading the
+    shards every epoch (re-reading costs seconds of start-up per epoch on small data)."""
+    if config.cache != "auto":
+        return config.cache == "always"
+    import ray
+
+    rows = sum(manifest["counts"]["by_split"].get(s, 0) for s in splits)
+    size = rows * int(np.prod(manifest["token_shape"])) * 2  # float16 tokens dominate
+    capacity = ray.available_resources().get("object_store_memory", 0)
+    return size < capacity / 4
+
+
+def _check_resources(config: TrainConfig) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    if config.use_gpu and resources.get("GPU", 0) < config.num_workers:
+        raise ConfigError(
+            f"use_gpu=true with num_workers={config.num_workers} needs {config.num_workers} GPUs, "
+            f"the cluster has {resources.get('GPU', 0):g}; set use_gpu=false or add GPU nodes"
+        )
+    need = config.num_workers * config.cpus_per_worker
+    if resources.get("CPU", 0) < need:
+        raise ConfigError(
+            f"num_workers={config.num_workers} x cpus_per_worker={config.cpus_per_worker} needs "
+            f"{need} CPUs, the cluster has {resources.get('CPU', 0):g}"
+        )
+
+
+def run_train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; see the module docstring for outputs."""
+    start = time.perf_counter()
+    manifest = _check(config)
+    init_ray(config.address, num_cpus=config.num_cpus)
+    _check_resources(config)
+    vocab = build_lyrics_vocab(config) if model_class(config.model).uses_lyrics else None
+    metrics: dict[str, Any] = {}
+    if config.folds:
+        metrics["cross_validation"] = _cross_validate(config, manifest, vocab)
+    datasets = _datasets(config, vocab, splits=["train", "val"])
+    if _cache(config, manifest, ["train", "val"]):
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    result = _fit(config, manifest, vocab, datasets, name="run")
+    if result.error is not None:
+        raise GenreflowError(f"training failed: {result.error}")
+    best = result.get_best_checkpoint(metric="val_macro_f1", mode="max") or result.checkpoint
+    if best is None:
+        raise GenreflowError("training reported no checkpoint")
+    best_path = _checkpoint_uri(config, best.path)
+    loaded = ckpt.load_model(best_path)
+    history = _history(config)
+    state = ckpt.load(best_path)
+    test_metrics: dict[str, Any] = {"count": 0}
+    if manifest["counts"]["by_split"].get("test"):
+        test_ds = _datasets(config, vocab, splits=["test"])["test"]
+
+        def batches() -> Any:
+            for batch in test_ds.iter_torch_batches(batch_size=config.batch_size, device="cpu"):
+                batch["tokens"] = batch["tokens"].float()
+                yield batch
+
+        test_metrics = evaluate(predict(loaded.model, batches()), loaded.genres, loaded.moods)
+    metrics.update(
+        {
+            "model": config.model,
+            "preset": config.preset,
+            "model_version": loaded.version,
+            "best_checkpoint": best_path,
+            "best_epoch": int(state["epoch"]),
+            "best_val": state.get("val_metrics", {}),
+            "epochs_run": len(history),
+            "history": history,
+            "test": test_metrics,
+            "labels": {"genre": loaded.genres, "mood": loaded.moods},
+            "token_spec": manifest["token_spec"],
+            "config": {
+                k: v for k, v in dataclasses.asdict(config).items() if k not in ("address",)
+            },
+        }
+    )
+    _write_outputs(config.out, metrics)
+    return TrainResult(out=config.out, metrics=metrics, seconds=time.perf_counter() - start)
+
+
+def _checkpoint_uri(config: TrainConfig, path: str) -> str:
+    """Ray reports remote checkpoint paths without their scheme; give it back."""
+    root = _storage_path(config)
+    if storage.is_remote(root) and "://" not in path:
+        return f"{root.split('://', 1)[0]}://{path}"
+    return path
+
+
+def _history(config: TrainConfig) -> list[dict[str, Any]]:
+    files = storage.list_files(storage.join(config.out, "epochs"), suffix=".json")
+    return [storage.read_json(f) for f in files]
+
+
+def fold_of(key: str, folds: int) -> int:
+    """A stable fold for an artist (or a track without one), the same on every machine."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % folds
+
+
+def _cross_validate(
+    config: TrainConfig, manifest: dict[str, Any], vocab: LyricsVocab | None
+) -> dict[str, Any]:
+    """k folds over the training split, artist-disjoint; each fold validates on itself
+    and trains on the others. Returns the folds' best validation macro-F1, mean and std."""
+    scores = []
+    for k in range(config.folds):
+
+        def tag(batch: pd.DataFrame, k: int = k) -> pd.DataFrame:
+            keys = (
+                batch["artist_id"].where(batch["artist_id"].notna(), batch["track_id"]).astype(str)
+            )
+            return batch.assign(in_fold=[fold_of(key, config.folds) == k for key in keys])
+
+        tagged = _read_split(
+            config,
+            "train",
+            ["track_id", "artist_id"],
+            lyrics=vocab is not None,
+        ).map_batches(tag, batch_format="pandas")
+        parts = {
+            "train": tagged.filter(lambda row: not row["in_fold"]),
+            "val": tagged.filter(lambda row: bool(row["in_fold"])),
+        }
+        fold_config = dataclasses.replace(
+            config,
+            out=storage.join(config.out, f"fold-{k}"),
+            storage_path=storage.join(_storage_path(config), f"fold-{k}"),
+            resume=False,
+            crash_after_epoch=None,
+        )
+        datasets = {name: _prepare_frame(ds, vocab, config) for name, ds in parts.items()}
+        result = _fit(fold_config, manifest, vocab, datasets, name="run")
+        if result.error is not None:
+            raise GenreflowError(f"cross-validation fold {k} failed: {result.error}")
+        history = _history(fold_config)
+        scores.append(max((h["val_macro_f1"] for h in history), default=float("nan")))
+        log.info("fold %d/%d: best val macro-F1 %.3f", k + 1, config.folds, scores[-1])
+    return {
+        "folds": config.folds,
+        "macro_f1": scores,
+        "macro_f1_mean": float(np.mean(scores)),
+        "macro_f1_std": float(np.std(scores)),
+    }
+
+
+def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
+    """Rows -> the tensor columns training reads: tokens, genre_idx, mood_idx (from
+    valence; -1 unknown) and, for lyrics models, lyrics ids."""
+    max_s, max_w = 50, 20
+    if vocab is not None:
+        hp = model_class(config.model).hyperparameters(config.preset, config.model_overrides)
+        max_s, max_w = int(hp["max_sentences"]), int(hp["max_words"])
+
+    def prepare(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {
+            "tokens": batch["tokens"],
+            "genre_idx": batch["genre_idx"].astype(np.int64),
+            "mood_idx": np.array([mood_index(v) for v in batch["valence"]], dtype=np.int64),
+        }
+        if vocab is not None:
+            texts = [t if isinstance(t, str) else None for t in batch["lyrics"]]
+            out[LYRICS_COLUMN] = vocab.encode_batch(texts, max_sentences=max_s, max_words=max_w)
+        return out
+
+    keep = TENSOR_COLUMNS + ([LYRICS_COLUMN] if vocab is not None else [])
+    return ds.map_batches(prepare, batch_format="numpy").select_columns(keep)
+
+
+def _write_outputs(out: str, metrics: dict[str, Any]) -> None:
+    genres = metrics["labels"]["genre"]
+    matrix = metrics["test"].get("confusion_matrix")
+    if matrix is not None:
+        frame = pd.DataFrame(matrix, index=pd.Index(genres, name="true"), columns=genres)
+        storage.write_bytes_atomic(
+            storage.join(out, "confusion_matrix.csv"), frame.to_csv().encode()
+        )
+        storage.write_bytes_atomic(
+            storage.join(out, "confusion_matrix.png"),
+            confusion_png(np.array(matrix), genres, title=f"{metrics['model']} — test split"),
+        )
+    storage.write_json_atomic(storage.join(out, "metrics.json"), metrics)
+
+
+def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes:
+    """A confusion matrix picture (rows: true genre, columns: predicted) as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

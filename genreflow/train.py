@@ -1,0 +1,392 @@
+"""Training: the config, the metrics, and the loop each Ray Train worker runs.
+
+The loop touches Ray at four marked points only (RAY: ...): its dataset shard, model
+preparation (DDP), resuming from the latest checkpoint, and reporting metrics and
+checkpoints. Everything else is plain PyTorch and runs the same on one CPU or many GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, f1_score
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from genreflow import checkpoint as ckpt
+from genreflow import storage
+from genreflow.errors import ConfigError
+from genreflow.models import GenreModel, build_model
+from genreflow.models.base import ModelOutput
+from genreflow.tokens import TokenSpec
+
+TENSOR_COLUMNS = ["tokens", "genre_idx", "mood_idx"]
+LYRICS_COLUMN = "lyrics_ids"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (``configs/train.yaml``)."""
+
+    data: str = ""  # a finished ingest output folder
+    out: str = ""  # run folder: metrics.json, epochs/, confusion matrix, checkpoints
+    model: str = "signature_attention"
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: Literal["adam", "sgd"] = "adam"  # adam: paper 001; sgd (Nesterov): paper 002
+    lr: float = 1e-3
+    weight_decay: float = 1e-3  # L2, paper 001
+    momentum: float = 0.9  # SGD only
+    class_weighting: Literal["none", "balanced"] = "balanced"
+    mood_loss_weight: float = 1.0
+    early_stopping_patience: int = 0  # epochs without a better val macro-F1; 0: off
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
+    cache: Literal["auto", "always", "never"] = "auto"  # hold prepared splits in the object
+    # store between epochs; auto: when they take under a quarter of it, else stream each epoch
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker; torch threads = max(1, floor)
+    mixed_precision: bool = True  # CUDA only: fp16 autocast with a grad scaler
+    max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
+    storage_path: str | None = None  # checkpoints; default <out>/checkpoints
+    resume: bool = False  # continue the run in `out` from its latest checkpoint
+    folds: int = 0  # k-fold cross-validation over the training split; 0: off
+    lyrics_min_count: int = 2
+    lyrics_max_vocab: int = 20_000
+    crash_after_epoch: int | None = None  # testing aid: kill a worker once after this epoch
+    address: str | None = None
+    num_cpus: int | None = None  # CPUs of a local Ray
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"folds must be 0 (off) or >= 2, got {self.folds}")
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class F1, log-loss and the confusion matrix.
+
+    Args:
+        probs: ``[n, n_classes]`` predicted probabilities.
+        labels: ``[n]`` true class ids; ``-1`` (unknown) rows are ignored.
+    """
+    keep = labels >= 0
+    probs, labels = probs[keep], labels[keep]
+    n_classes = len(class_names)
+    if labels.size == 0:
+        return {"count": 0}
+    predicted = probs.argmax(axis=1)
+    per_class = f1_score(
+        labels, predicted, labels=list(range(n_classes)), average=None, zero_division=0
+    )
+    present = np.unique(labels)
+    clipped = np.clip(probs[np.arange(labels.size), labels], 1e-12, 1.0)
+    return {
+        "count": int(labels.size),
+        "accuracy": float((predicted == labels).mean()),
+        # macro over the classes present in the labels: absent ones carry no evidence
+        "macro_f1": float(per_class[present].mean()),
+        "per_class_f1": {name: float(per_class[i]) for i, name in enumerate(class_names)},
+        "log_loss": float(-np.log(clipped).mean()),
+        "confusion_matrix": confusion_matrix(
+            labels, predicted, labels=list(range(n_classes))
+        ).tolist(),
+    }
+
+
+def balanced_class_weights(counts: dict[str, int], genres: list[str]) -> list[float]:
+    """``n / (k * n_c)`` per genre (1.0 for genres absent from training)."""
+    total = sum(counts.get(g, 0) for g in genres)
+    present = sum(1 for g in genres if counts.get(g, 0))
+    return [total / (present * counts[g]) if counts.get(g, 0) else 1.0 for g in genres]
+
+
+# --- one step ----------------------------------------------------------------------------
+
+
+def batch_loss(
+    out: ModelOutput,
+    genre: Tensor,
+    mood: Tensor,
+    *,
+    class_weights: Tensor | None,
+    mood_loss_weight: float,
+) -> Tensor:
+    """Genre cross-entropy plus, where the model has a mood head, the mood cross-entropy
+    over tracks with a known mood only (a missing label contributes nothing)."""
+    loss = nn.functional.cross_entropy(out.genre_logits.float(), genre, weight=class_weights)
+    if out.mood_logits is not None:
+        known = mood >= 0
+        per_track = nn.functional.cross_entropy(
+            out.mood_logits.float(), mood.clamp(min=0), reduction="none"
+        )
+        mood_loss = (per_track * known).sum() / known.sum().clamp(min=1)
+        loss = loss + mood_loss_weight * mood_loss
+    return loss
+
+
+def forward(model: nn.Module, batch: dict[str, Tensor]) -> ModelOutput:
+    output: ModelOutput = model(batch["tokens"], lyrics=batch.get(LYRICS_COLUMN))
+    return output
+
+
+def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, np.ndarray]:
+    """Genre and mood probabilities over ``batches``, with their labels (eval mode)."""
+    model.eval()
+    genre_p, mood_p, genres, moods = [], [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            out = forward(model, batch)
+            genre_p.append(torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy())
+            if out.mood_logits is not None:
+                mood_p.append(torch.softmax(out.mood_logits.float(), dim=1).cpu().numpy())
+            genres.append(batch["genre_idx"].cpu().numpy())
+            moods.append(batch["mood_idx"].cpu().numpy())
+    model.train()
+    result = {
+        "genre_probs": np.concatenate(genre_p) if genre_p else np.zeros((0, 0), np.float32),
+        "genre": np.concatenate(genres) if genres else np.zeros(0, np.int64),
+        "mood": np.concatenate(moods) if moods else np.zeros(0, np.int64),
+    }
+    if mood_p:
+        result["mood_probs"] = np.concatenate(mood_p)
+    return result
+
+
+def evaluate(
+    predictions: dict[str, np.ndarray], genres: list[str], moods: list[str]
+) -> dict[str, Any]:
+    metrics = classification_metrics(predictions["genre_probs"], predictions["genre"], genres)
+    if "mood_probs" in predictions:
+        metrics["mood"] = classification_metrics(
+            predictions["mood_probs"], predictions["mood"], moods
+        )
+    return metrics
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
+
+
+# --- the worker loop ---------------------------------------------------------------------
+
+
+def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out["tokens"] = out["tokens"].float()
+    out["genre_idx"] = out["genre_idx"].long()
+    out["mood_idx"] = out["mood_idx"].long()
+    return out
+
+
+def _gather(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All workers' validation predictions, concatenated, on every worker."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return predictions
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, predictions)
+    keys = set().union(*(p.keys() for p in parts))
+    return {
+        k: np.concatenate([p[k] for p in parts if k in p and len(p[k])])
+        if any(k in p and len(p[k]) for p in parts)
+        else predictions.get(k, np.zeros(0))
+        for k in keys
+    }
+
+
+def _replicas_in_sync(net: nn.Module) -> bool:
+    """Whether every worker holds the same parameters (DDP's promise), by digest."""
+    digest = ckpt.model_version("params", dict(net.named_parameters()))
+    digests: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest)
+    return len(set(digests)) == 1
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function. ``loop_config`` carries the run's plain data."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**loop_config["config"])
+    spec = TokenSpec.from_dict(loop_config["token_spec"])
+    genres, moods = loop_config["genres"], loop_config["moods"]
+    words = loop_config.get("lyrics_vocab")
+    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    torch.manual_seed(config.seed)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+
+    model = build_model(
+        config.model,
+        spec,
+        n_genres=len(genres),
+        n_moods=len(moods),
+        preset=config.preset,
+        overrides=config.model_overrides,
+        vocab_size=len(words) if words else None,
+    )
+    optimizer = make_optimizer(model, config)
+    start_epoch, best_f1, stale, history = 0, -1.0, 0, []
+    resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            state = ckpt.load(folder)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        best_f1, stale, history = (
+            float(state["best_f1"]),
+            int(state["stale"]),
+            list(state["history"]),
+        )
+    net = ray.train.torch.prepare_model(model)  # RAY: device placement and DDP (>1 worker)
+    device = ray.train.torch.get_device()
+    use_amp = config.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = loop_config.get("class_weights")
+    class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+    train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
+    val_shard = ray.train.get_dataset_shard("val")
+    pin = device.type == "cuda"
+
+    def batches(shard: Any, *, shuffle: bool) -> Iterator[dict[str, Tensor]]:
+        for batch in shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=config.seed if shuffle else None,
+            pin_memory=pin,
+            device="cpu",
+        ):
+            yield _to_device(batch, device)
+
+    for epoch in range(start_epoch, config.epochs):
+        net.train()
+        started, waited, losses = time.perf_counter(), 0.0, []
+        wait_start = time.perf_counter()
+        for batch in batches(train_shard, shuffle=True):
+            waited += time.perf_counter() - wait_start
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out = forward(net, batch)
+            loss = batch_loss(
+                out,
+                batch["genre_idx"],
+                batch["mood_idx"],
+                class_weights=class_weights,
+                mood_loss_weight=config.mood_loss_weight,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            wait_start = time.perf_counter()
+        train_seconds = time.perf_counter() - started
+        val = evaluate(_gather(predict(net, batches(val_shard, shuffle=False))), genres, moods)
+        f1 = float(val.get("macro_f1", 0.0))
+        improved = f1 > best_f1
+        best_f1, stale = (f1, 0) if improved else (best_f1, stale + 1)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_accuracy": float(val.get("accuracy", 0.0)),
+            "val_macro_f1": f1,
+            "val_log_loss": float(val.get("log_loss", math.nan)),
+            "val_per_class_f1": val.get("per_class_f1", {}),
+            "val_mood_accuracy": float(val["mood"].get("accuracy", math.nan))
+            if "mood" in val
+            else math.nan,
+            "train_seconds": train_seconds,
+            "data_wait_seconds": waited,
+            "steps": len(losses),
+        }
+        if context.get_world_size() > 1:
+            metrics["replicas_in_sync"] = _replicas_in_sync(net)
+        history.append({k: v for k, v in metrics.items() if k != "val_per_class_f1"})
+        stop = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
+        if rank == 0:
+            storage.write_json_atomic(
+                storage.join(config.out, "epochs", f"epoch-{epoch:04d}.json"),
+                {**metrics, "val_confusion_matrix": val.get("confusion_matrix")},
+            )
+            with tempfile.TemporaryDirectory() as folder:
+                inner = net.module if isinstance(net, DistributedDataParallel) else net
+                ckpt.save(
+                    folder,
+                    {
+                        "state_dict": inner.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "best_f1": best_f1,
+                        "stale": stale,
+                        "history": history,
+                        "labels": {"genre": genres, "mood": moods},
+                        "token_spec": spec.to_dict(),
+                        "model": {
+                            "name": config.model,
+                            "preset": config.preset,
+                            "overrides": dict(config.model_overrides),
+                        },
+                        "lyrics_vocab": list(words) if words else [],
+                        "val_metrics": {
+                            k: v for k, v in metrics.items() if k != "val_per_class_f1"
+                        },
+                    },
+                )
+                # RAY: report metrics with the checkpoint (rank 0 holds the full model)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)  # RAY: every worker reports each epoch
+        if (
+            config.crash_after_epoch is not None
+            and epoch == config.crash_after_epoch
+            and resumed is None
+            and rank == 0
+        ):
+            ray.train.get_all_reported_checkpoints()  # RAY: wait until the checkpoint is registered
+            os._exit(1)  # testing aid: die like a preempted node, once, after checkpointing
+        if stop:
+            break
+
+
+def build_for_training(
+    config: TrainConfig, spec: TokenSpec, n_genres: int, vocab_size: int | None
+) -> GenreModel:
+    """The model a run would train (for checks before any worker starts)."""
+    return build_model(
+        config.model,
+        spec,
+        n_genres=n_genres,
+        preset=config.preset,
+        overrides=config.model_overrides,
+        vocab_size=vocab_size,
+    )

@@ -1,0 +1,21 @@
+"""Train job: Parquet token shards -> a trained model, with Ray Train on every worker.
+
+    ray job submit --working-dir . -- python jobs/train.py --config configs/train.yaml [key=value ...]
+
+Writes the run folder (metrics.json, per-epoch metrics, confusion matrix, checkpoints).
+Exits 0 on success, 2 on a bad config or dataset (before any worker starts).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
+
+from genreflow.jobscript import run_job
+from genreflow.pipelines.train import run_train
+from genreflow.train import TrainConfig
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__.split("\n")[0], TrainConfig, run_train))

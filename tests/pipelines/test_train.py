@@ -1,0 +1,139 @@
+"""Ray Train runs on a small generated catalog: outputs, DDP, crash/resume, bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from genreflow import checkpoint as ckpt
+from genreflow.config import load_config
+from genreflow.demo_catalog import make_demo_catalog
+from genreflow.errors import ConfigError, SpecMismatchError
+from genreflow.ingest import IngestConfig
+from genreflow.pipelines.ingest import run_ingest
+from genreflow.pipelines.train import run_train
+from genreflow.tokens import TokenSpec
+from genreflow.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+SMALL_SPEC = ["spec.clip_s=8", "spec.n_tokens=4", "spec.token_s=2.0", "spec.n_mels=64"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    manifest = make_demo_catalog(
+        root / "catalog",
+        tracks_per_genre=10,
+        artists_per_genre=10,
+        duration_s=8.0,
+        genres=["ambient", "electronic", "rock"],
+    )
+    out = root / "dataset"
+    run_ingest(load_config(IngestConfig, overrides=SMALL_SPEC, catalog=str(manifest), out=str(out)))
+    return out
+
+
+def train(data: Path, out: Path, *overrides: str) -> Any:
+    base = ["epochs=2", "batch_size=8", "lr=0.003", "cpus_per_worker=1"]
+    return run_train(
+        load_config(TrainConfig, overrides=[*base, *overrides], data=str(data), out=str(out))
+    )
+
+
+def epochs_done(out: Path) -> list[int]:
+    return sorted(json.loads(p.read_text())["epoch"] for p in (out / "epochs").glob("epoch-*.json"))
+
+
+def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(dataset, out, "model=multitask_attention_cnn")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "log_loss"):
+        assert 0.0 <= metrics["test"][key] < 100
+    assert "mood" in metrics["test"]  # the multitask model's mood head is evaluated too
+    assert epochs_done(out) == [0, 1]
+    epoch = json.loads((out / "epochs" / "epoch-0001.json").read_text())
+    assert {
+        "train_loss",
+        "val_accuracy",
+        "val_macro_f1",
+        "val_log_loss",
+        "val_per_class_f1",
+        "data_wait_seconds",
+    } <= set(epoch)
+    loaded = ckpt.load_model(metrics["best_checkpoint"])  # weights_only=True inside
+    assert loaded.version == metrics["model_version"] == result.metrics["model_version"]
+    assert loaded.genres == ["ambient", "electronic", "rock"]
+    assert (out / "confusion_matrix.csv").read_text().startswith("true,ambient")
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SpecMismatchError, match=r"checkpoint .* differs from the dataset.*n_mels"):
+        ckpt.load_model(
+            metrics["best_checkpoint"], expected_spec=TokenSpec(), data_name="the dataset"
+        )
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(dataset, out)
+
+
+def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    train(dataset, out, "num_workers=2", "cpus_per_worker=0.5", "epochs=1")
+    epoch = json.loads((out / "epochs" / "epoch-0000.json").read_text())
+    assert epoch["replicas_in_sync"] is True
+    assert epoch["steps"] >= 1
+
+
+def test_a_worker_killed_after_epoch_one_resumes_at_epoch_two(
+    dataset: Path, tmp_path: Path
+) -> None:
+    crashed = train(
+        dataset, tmp_path / "crashed", "epochs=3", "crash_after_epoch=0", "max_failures=1"
+    )
+    clean = train(dataset, tmp_path / "clean", "epochs=3")
+    assert epochs_done(tmp_path / "crashed") == [0, 1, 2]
+    history = crashed.metrics["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # epoch 0 was not trained twice
+    a, b = crashed.metrics["test"], clean.metrics["test"]
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.34
+    assert abs(a["log_loss"] - b["log_loss"]) <= 0.5
+
+
+def test_explicit_resume_continues_the_run(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(dataset, out, "epochs=1", "model=baseline_cnn")
+    (out / "metrics.json").unlink()  # as if the driver had died before the end
+    resumed = train(dataset, out, "epochs=2", "model=baseline_cnn", "resume=true")
+    assert epochs_done(out) == [0, 1]
+    assert resumed.metrics["epochs_run"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model=resnet"], "unknown model 'resnet'"),
+        (["num_workers=0"], "num_workers must be >= 1"),
+        (["use_gpu=true"], "needs 1 GPUs, the cluster has 0"),
+        (["preset=huge"], "no preset 'huge'"),
+    ],
+)
+def test_bad_configs_fail_before_any_worker(
+    dataset: Path, tmp_path: Path, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        train(dataset, tmp_path / "run", *overrides)
+    assert not (tmp_path / "run" / "epochs").exists()
+
+
+def test_missing_data_and_an_empty_split_are_refused(tmp_path: Path, small_manifest: Path) -> None:
+    with pytest.raises(ConfigError, match="not a finished genreflow dataset"):
+        train(tmp_path / "nothing", tmp_path / "run")
+    only_train = pd.read_csv(small_manifest).assign(split="train")
+    only_train.to_csv(small_manifest, index=False)
+    data = tmp_path / "data"
+    run_ingest(load_config(IngestConfig, catalog=str(small_manifest), out=str(data)))
+    with pytest.raises(ConfigError, match="no rows in its 'val' split"):
+        train(data, tmp_path / "run")
