@@ -137,3 +137,12 @@ def test_missing_data_and_an_empty_split_are_refused(tmp_path: Path, small_manif
     run_ingest(load_config(IngestConfig, catalog=str(small_manifest), out=str(data)))
     with pytest.raises(ConfigError, match="no rows in its 'val' split"):
         train(data, tmp_path / "run")
+
+
+def test_k_fold_cross_validation_reports_mean_and_std(dataset: Path, tmp_path: Path) -> None:
+    result = train(dataset, tmp_path / "cv", "folds=2", "epochs=1", "model=baseline_cnn")
+    cv = result.metrics["cross_validation"]
+    assert cv["folds"] == 2 and len(cv["macro_f1"]) == 2
+    assert cv["macro_f1_mean"] == pytest.approx(sum(cv["macro_f1"]) / 2)
+    assert (tmp_path / "cv" / "fold-0" / "epochs" / "epoch-0000.json").exists()
+    assert "CV macro-F1" in result.summary()
