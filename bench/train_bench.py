@@ -58,6 +58,7 @@ def plain_loop(data: Path, *, epochs: int, batch_size: int, threads: int) -> tup
         TokenSpec.from_dict(manifest["token_spec"]),
         n_genres=len(manifest["labels"]["genre"]),
     )
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as training does
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-3)
     steps, start = 0, 0.0
     for epoch in range(epochs):

@@ -7,6 +7,7 @@ an optional ``token_mask [batch, n_tokens]`` (True = real token), optional lyric
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -149,6 +150,18 @@ def conv_block(
     if dropout:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def token_encoder(channels: list[int], out_dim: int) -> nn.Sequential:
+    """The CNN applied to every token: 3x3 conv blocks over ``channels`` (the first is the
+    input's), global average pooling, then a ReLU projection to ``out_dim``."""
+    return nn.Sequential(
+        *[conv_block(a, b, kernel=3, pool=2) for a, b in pairwise(channels)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels[-1], out_dim),
+        nn.ReLU(inplace=True),
+    )
 
 
 def per_token(tokens: Tensor, input_pool: int) -> Tensor:

@@ -11,7 +11,6 @@ audio decides alone.
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,9 +22,9 @@ from genreflow.models.base import (
     AttentionPool,
     GenreModel,
     ModelOutput,
-    conv_block,
     mask_or_ones,
     per_token,
+    token_encoder,
 )
 from genreflow.models.lyrics import PAD
 from genreflow.tokens import TokenSpec
@@ -82,13 +81,7 @@ class MultimodalHAN(GenreModel):
         self.max_sentences, self.max_words = int(p["max_sentences"]), int(p["max_words"])
         channels = [1, *p["channels"]]
         a = int(p["audio_dim"])
-        self.token_cnn = nn.Sequential(
-            *[conv_block(x, y, kernel=3, pool=2) for x, y in pairwise(channels)],
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(channels[-1], a),
-            nn.ReLU(inplace=True),
-        )
+        self.token_cnn = token_encoder(channels, a)
         self.audio_pool = AttentionPool(a, int(p["attn_hidden"]))
         e, hw, hs = int(p["embed_dim"]), int(p["word_hidden"]), int(p["sentence_hidden"])
         self.embedding = nn.Embedding(vocab_size, e, padding_idx=PAD)

@@ -10,7 +10,6 @@ real tokens) and the classifier reads ``sum_t a_t h_t``. The track's *signature*
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any, ClassVar
 
 import torch
@@ -21,9 +20,9 @@ from genreflow.models.base import (
     AttentionPool,
     GenreModel,
     ModelOutput,
-    conv_block,
     mask_or_ones,
     per_token,
+    token_encoder,
 )
 from genreflow.tokens import TokenSpec
 
@@ -65,13 +64,7 @@ class SignatureAttention(GenreModel):
         self.input_pool = int(p["input_pool"])
         channels = [1, *p["channels"]]
         d = int(p["d_model"])
-        self.token_cnn = nn.Sequential(
-            *[conv_block(a, b, kernel=3, pool=2) for a, b in pairwise(channels)],
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(channels[-1], d),
-            nn.ReLU(inplace=True),
-        )
+        self.token_cnn = token_encoder(channels, d)
         self.position = nn.Parameter(torch.randn(1, spec.n_tokens, d) * 0.02)
         self.attention = nn.MultiheadAttention(
             d, int(p["heads"]), dropout=p["dropout"], batch_first=True

@@ -28,7 +28,7 @@ from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
 from genreflow.runtime import init_ray
-from genreflow.tokens import TokenSpec
+from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
     LYRICS_COLUMN,
     TENSOR_COLUMNS,
@@ -94,8 +94,6 @@ def _check(config: TrainConfig) -> dict[str, Any]:
         latest = _latest_checkpoint(config)
         if latest is not None:
             state = ckpt.load(latest)
-            from genreflow.tokens import check_same_spec
-
             check_same_spec(
                 TokenSpec.from_dict(state["token_spec"]),
                 spec,
