@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,6 +79,8 @@ class LoadedModel:
     lyrics_vocab: LyricsVocab | None
     version: str
     path: str
+    model_preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(
@@ -115,4 +117,6 @@ def load_model(
         lyrics_vocab=vocab,
         version=state.get("model_version") or model_version(meta["name"], state["state_dict"]),
         path=os.fspath(path),
+        model_preset=meta["preset"],
+        model_overrides=dict(meta.get("overrides") or {}),
     )

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(train)
 
+    label = sub.add_parser("label", help="catalog or shards + checkpoint -> labels (Ray Data)")
+    label.add_argument("--checkpoint", help="checkpoint folder (metrics.json's best_checkpoint)")
+    label.add_argument("--input", help="ingest output folder, or a catalog")
+    label.add_argument("--out", help="labels folder (local or s3://)")
+    _add_common(label)
+
     demo = sub.add_parser("demo", help="the whole pipeline on a generated demo catalog")
     demo.add_argument(
         "--out", default="genreflow-demo", help="working folder (default: %(default)s)"
@@ -85,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ingest(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "label":
+            return cmd_label(args)
         if args.command == "demo":
             return cmd_demo(args)
     except GenreflowError as exc:
@@ -121,6 +129,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from genreflow.label import LabelConfig
+    from genreflow.pipelines.label import run_label
+
+    config = load_config(
+        LabelConfig,
+        args.config,
+        args.overrides,
+        checkpoint=args.checkpoint,
+        input=args.input,
+        out=args.out,
+    )
+    result = run_label(config)
+    print(result.summary())
+    return 1 if result.failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from genreflow.demo_catalog import make_demo_catalog
     from genreflow.pipelines.ingest import run_ingest
@@ -130,11 +155,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(args.out)
     started = time.perf_counter()
     local = [f"num_cpus={args.num_cpus}"] if args.num_cpus else []
-    print(f"[1/3] generating the demo catalog in {work / 'catalog'} ...", flush=True)
+    print(f"[1/4] generating the demo catalog in {work / 'catalog'} ...", flush=True)
     manifest = make_demo_catalog(work / "catalog", tracks_per_genre=args.tracks_per_genre)
     print(f"      {manifest} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    print("[2/3] ingesting it into Parquet token shards on a local Ray ...", flush=True)
+    print("[2/4] ingesting it into Parquet token shards on a local Ray ...", flush=True)
     ingest_config = load_config(
         IngestConfig, overrides=local, catalog=str(manifest), out=str(work / "dataset")
     )
@@ -147,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
     print(
-        f"[3/3] training the tiny signature_attention model ({args.epochs} epochs, Ray Train) ...",
+        f"[3/4] training the tiny signature_attention model ({args.epochs} epochs, Ray Train) ...",
         flush=True,
     )
     run = work / "runs" / "signature_attention"
@@ -167,6 +192,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(chance: {1 / len(genres):.3f}); test accuracy {trained.metrics['test']['accuracy']:.3f}"
     )
     print("      " + trained.summary())
+
+    print(
+        "[4/4] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
+        flush=True,
+    )
+    from genreflow.label import LabelConfig
+    from genreflow.pipelines.label import run_label
+
+    labels = work / "labels"
+    if labels.exists():  # the demo's own folder: a rerun labels afresh
+        shutil.rmtree(labels)
+    labelled = run_label(
+        load_config(
+            LabelConfig,
+            overrides=local,
+            checkpoint=trained.metrics["best_checkpoint"],
+            input=str(manifest),
+            out=str(labels),
+        )
+    )
+    print("      " + labelled.summary())
+    for row in labelled.samples:
+        moments = ", ".join(
+            f"{m['start_s']:.1f}-{m['end_s']:.1f} s ({m['weight']:.2f})"
+            for m in row["signature_moments"]
+        )
+        print(
+            f"      {row['track_id']}: {row['genre']} (p={row['genre_prob']:.2f}); "
+            f"signature moments {moments}"
+        )
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {work}/")
     return 0
 

@@ -8,11 +8,12 @@ import yaml
 from genreflow.config import load_config
 from genreflow.errors import ConfigError
 from genreflow.ingest import IngestConfig
+from genreflow.label import LabelConfig
 from genreflow.tokens import TokenSpec, preset
 from genreflow.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-JOB_CONFIGS = {"ingest.yaml": IngestConfig, "train.yaml": TrainConfig}
+JOB_CONFIGS = {"ingest.yaml": IngestConfig, "train.yaml": TrainConfig, "label.yaml": LabelConfig}
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ def test_demo_generates_ingests_and_trains_well_above_chance(tmp_path: Path) -> 
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "[3/3]" in proc.stdout and "validation accuracy" in proc.stdout
+    assert "[4/4]" in proc.stdout and "validation accuracy" in proc.stdout
+    assert "signature moments" in proc.stdout
     manifest = json.loads((tmp_path / "dataset" / "_dataset.json").read_text())
     assert manifest["counts"]["rows"] == 6 * 16
     assert manifest["counts"]["with_lyrics"] > 0
@@ -43,3 +44,6 @@ def test_demo_generates_ingests_and_trains_well_above_chance(tmp_path: Path) -> 
     # six genres: chance is 1/6; the tiny signature model must be far above it
     assert metrics["best_val"]["val_macro_f1"] > 0.5
     assert metrics["test"]["accuracy"] > 0.5
+    labels = list((tmp_path / "labels").glob("run-*/_run.json"))
+    assert len(labels) == 1
+    assert json.loads(labels[0].read_text())["labelled"] == 6 * 16

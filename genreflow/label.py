@@ -1,0 +1,232 @@
+"""Labelling core: the model actor that turns token batches into label rows. No Ray here.
+
+A label row: ``track_id``, ``genre`` (top-1) and ``genre_prob``, ``genre_topk`` (genre +
+probability, best first), ``mood`` and ``mood_probs`` where the model has a mood head,
+``token_weights`` (attention per token), ``signature_moments`` (start/end seconds within
+the track of the most attended tokens, with their weights), ``embedding`` (the
+signature, float32, L2-normalised), ``model_version``, ``labelled_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from genreflow import checkpoint as ckpt
+from genreflow import storage
+from genreflow.errors import AudioError, ConfigError
+from genreflow.ingest import error_table, shard_name, tokenize_track
+from genreflow.tokens import TokenSpec
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Settings of one labelling run (``configs/label.yaml``)."""
+
+    checkpoint: str = ""  # a checkpoint folder (metrics.json's best_checkpoint)
+    input: str = ""  # an ingest output folder, or a catalog (manifest, FMA, genre tree)
+    out: str = ""  # labels folder: one partition per run
+    top_k: int = 3
+    moments: int = 3  # signature moments per track
+    batch_size: int = 32  # tracks per model call
+    actors: int = 1  # model actors (one model copy each)
+    gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
+    cpus_per_actor: float = 1.0
+    incremental: bool = False  # skip tracks this model version already labelled
+    shard_size: int = 32  # raw audio: tracks per decode task
+    min_duration_s: float = 1.0
+    allow_silent: bool = False
+    max_error_rate: float = 0.2
+    audio_root: str | None = None
+    audio_dir: str | None = None
+    fma_subset: str = "medium"
+    address: str | None = None
+    num_cpus: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "moments", "batch_size", "actors", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
+            raise ConfigError("gpus_per_actor must be >= 0 and cpus_per_actor > 0")
+
+
+LABELS_SCHEMA_FIELDS = [
+    pa.field("track_id", pa.string()),
+    pa.field("genre", pa.string()),
+    pa.field("genre_prob", pa.float32()),
+    pa.field("genre_topk", pa.list_(pa.struct([("genre", pa.string()), ("prob", pa.float32())]))),
+    pa.field("mood", pa.string()),
+    pa.field("mood_probs", pa.list_(pa.struct([("mood", pa.string()), ("prob", pa.float32())]))),
+    pa.field("token_weights", pa.list_(pa.float32())),
+    pa.field(
+        "signature_moments",
+        pa.list_(
+            pa.struct(
+                [("start_s", pa.float32()), ("end_s", pa.float32()), ("weight", pa.float32())]
+            )
+        ),
+    ),
+    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("model_version", pa.string()),
+    pa.field("labelled_at", pa.timestamp("s", tz="UTC")),
+]
+LABELS_SCHEMA = pa.schema(LABELS_SCHEMA_FIELDS)
+
+
+def signature_moments(
+    weights: np.ndarray, spec: TokenSpec, duration_s: float, *, count: int
+) -> list[dict[str, float]]:
+    """The ``count`` most attended tokens as moments inside the track, best first.
+
+    Args:
+        weights: ``[n_tokens]`` attention weights of one track.
+        duration_s: audio actually present; moments are clipped to it and tokens that
+            start after it (padding) are never moments.
+    """
+    times = spec.token_times_s()
+    end_of_track = min(float(duration_s), spec.clip_s) if duration_s > 0 else spec.clip_s
+    order = np.argsort(-weights, kind="stable")
+    moments = []
+    for t in order:
+        start, end = float(times[t, 0]), min(float(times[t, 1]), end_of_track)
+        if start >= end_of_track:
+            continue
+        moments.append(
+            {"start_s": round(start, 3), "end_s": round(end, 3), "weight": float(weights[t])}
+        )
+        if len(moments) == count:
+            break
+    return moments
+
+
+class Labeller:
+    """Loads a checkpoint once per actor; labels batches of tokens (Ray's ``map_batches``
+    hands it ``dict[str, np.ndarray]`` batches with ``track_id``, ``tokens``,
+    ``duration_s`` and, for lyrics models, ``lyrics``)."""
+
+    def __init__(self, checkpoint: str, *, top_k: int, moments: int, device: str = "auto") -> None:
+        self.loaded = ckpt.load_model(checkpoint)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = self.loaded.model.to(self.device)
+        self.top_k = min(top_k, len(self.loaded.genres))
+        self.moments = moments
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        loaded = self.loaded
+        tokens = torch.from_numpy(np.ascontiguousarray(batch["tokens"])).to(self.device).float()
+        lyrics = None
+        if loaded.lyrics_vocab is not None:
+            hp = self.model.hyperparameters(
+                loaded.model_preset, loaded.model_overrides
+            )  # same bounds as training
+            texts = [
+                t if isinstance(t, str) else None for t in batch.get("lyrics", [None] * len(tokens))
+            ]
+            lyrics = torch.from_numpy(
+                loaded.lyrics_vocab.encode_batch(
+                    texts, max_sentences=int(hp["max_sentences"]), max_words=int(hp["max_words"])
+                )
+            ).to(self.device)
+        with torch.no_grad():
+            out = self.model(tokens, lyrics=lyrics)
+        genre_p = torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy()
+        embedding = out.embedding.float()
+        embedding = torch.nn.functional.normalize(embedding, dim=1).cpu().numpy().astype(np.float32)
+        weights = out.token_weights.float().cpu().numpy() if out.token_weights is not None else None
+        mood_p = (
+            torch.softmax(out.mood_logits.float(), dim=1).cpu().numpy()
+            if out.mood_logits is not None
+            else None
+        )
+        genres, moods = loaded.genres, loaded.moods
+        n = len(genre_p)
+        top = np.argsort(-genre_p, axis=1, kind="stable")[:, : self.top_k]
+        durations = batch.get("duration_s", np.full(n, loaded.spec.clip_s))
+        now = datetime.now(UTC).replace(microsecond=0)
+        columns: dict[str, list[Any]] = {
+            "track_id": [str(t) for t in batch["track_id"]],
+            "genre": [genres[row[0]] for row in top],
+            "genre_prob": [float(p[row[0]]) for p, row in zip(genre_p, top, strict=True)],
+            "genre_topk": [
+                [{"genre": genres[j], "prob": float(p[j])} for j in row]
+                for p, row in zip(genre_p, top, strict=True)
+            ],
+            "mood": [None] * n,
+            "mood_probs": [None] * n,
+            "token_weights": [None] * n,
+            "signature_moments": [[] for _ in range(n)],
+            "embedding": [e.tolist() for e in embedding],
+            "model_version": [loaded.version] * n,
+            "labelled_at": [now] * n,
+        }
+        if mood_p is not None:
+            columns["mood"] = [moods[int(np.argmax(p))] for p in mood_p]
+            columns["mood_probs"] = [
+                [{"mood": m, "prob": float(p[i])} for i, m in enumerate(moods)] for p in mood_p
+            ]
+        if weights is not None:
+            columns["token_weights"] = [w.tolist() for w in weights]
+            columns["signature_moments"] = [
+                signature_moments(w, loaded.spec, float(d), count=self.moments)
+                for w, d in zip(weights, durations, strict=True)
+            ]
+        return pa.Table.from_pydict(columns, schema=LABELS_SCHEMA)
+
+
+def decode_for_label(
+    rows: pd.DataFrame,
+    *,
+    spec: dict[str, Any],
+    errors_dir: str,
+    min_duration_s: float,
+    allow_silent: bool,
+) -> dict[str, np.ndarray]:
+    """The CPU stage for raw audio: decode and tokenize a batch of catalog rows.
+
+    Tracks that fail become error rows written to ``errors_dir`` (one file per batch);
+    the rest come back as ``track_id, tokens [b, n_tokens, n_mels, frames] float16,
+    duration_s, lyrics``.
+    """
+    token_spec = TokenSpec.from_dict(spec)
+    ids, tokens, durations, lyrics, errors = [], [], [], [], []
+    for row in rows.itertuples(index=False):
+        try:
+            toks, duration = tokenize_track(
+                str(row.uri), token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
+            )
+        except AudioError as exc:
+            errors.append(
+                {
+                    "track_id": str(row.track_id),
+                    "uri": str(row.uri),
+                    "stage": "decode",
+                    "kind": exc.kind,
+                    "error": str(exc),
+                }
+            )
+            continue
+        ids.append(str(row.track_id))
+        tokens.append(toks)
+        durations.append(duration)
+        lyrics.append(row.lyrics if isinstance(row.lyrics, str) else None)
+    if errors:
+        name = shard_name(rows["track_id"].astype(str))
+        storage.write_parquet_atomic(error_table(errors), storage.join(errors_dir, name))
+    return {
+        "track_id": np.array(ids, dtype=object),
+        "tokens": np.stack(tokens)
+        if tokens
+        else np.zeros((0, *token_spec.token_shape), np.float16),
+        "duration_s": np.array(durations, dtype=np.float32),
+        "lyrics": np.array(lyrics, dtype=object),
+    }

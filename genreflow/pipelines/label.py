@@ -1,0 +1,256 @@
+"""Labelling on Ray Data: CPU stages (read shards, or decode raw audio) apart from the
+model stage (an actor pool, one model copy per actor, on GPUs when asked).
+
+Labels folder (``out``): one partition per run, complete only with its run record::
+
+    run-<time>-<id>/part-*.parquet   label rows (see genreflow.label)
+    run-<time>-<id>/errors/*.parquet tracks that failed to decode
+    run-<time>-<id>/_run.json        written last: counts, seconds, model version
+
+A partition without ``_run.json`` is an interrupted run: the next run deletes it and
+does its tracks again, so every track is labelled exactly once per model version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs as pafs
+
+from genreflow import checkpoint as ckpt
+from genreflow import storage
+from genreflow.catalog import read_catalog
+from genreflow.errors import ConfigError
+from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
+from genreflow.label import LabelConfig, Labeller, decode_for_label
+from genreflow.runtime import init_ray
+from genreflow.tokens import TokenSpec, check_same_spec
+
+log = logging.getLogger(__name__)
+RUN_FILE = "_run.json"
+
+
+@dataclass
+class LabelResult:
+    out: str
+    partition: str
+    model_version: str
+    tracks_in: int
+    skipped: int
+    labelled: int
+    errors: int
+    seconds: float
+    max_error_rate: float = 1.0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        attempted = self.labelled + self.errors
+        return attempted > 0 and self.errors / attempted > self.max_error_rate
+
+    def summary(self) -> str:
+        text = (
+            f"label -> {self.partition}: {self.tracks_in} tracks in, {self.skipped} already "
+            f"labelled by {self.model_version}, {self.labelled} labelled, {self.errors} errors, "
+            f"{self.labelled / self.seconds if self.seconds else 0:.1f} tracks/s over "
+            f"{self.seconds:.1f} s."
+        )
+        if self.failed:
+            text += f" FAILED: error rate above max_error_rate {self.max_error_rate:.0%}."
+        return text
+
+
+def complete_partitions(out: str) -> list[str]:
+    """Partitions of ``out`` that finished (hold a run record), oldest first."""
+    return [p for p in _partitions(out) if storage.exists(storage.join(p, RUN_FILE))]
+
+
+def _partitions(out: str) -> list[str]:
+    fs, path = storage.resolve(out)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("run-")
+    )
+    return [storage.join(out, n) for n in names]
+
+
+def _labelled_by(partitions: list[str], version: str) -> set[str]:
+    done: set[str] = set()
+    for part in partitions:
+        files = storage.list_files(part, suffix=".parquet")
+        for table in storage.read_parquet_columns(files, ["track_id", "model_version"]):
+            frame = table.to_pandas()
+            done.update(frame.loc[frame["model_version"] == version, "track_id"])
+    return done
+
+
+def _delete_tree(uri: str) -> None:
+    fs, path = storage.resolve(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(path)
+
+
+def run_label(config: LabelConfig) -> LabelResult:
+    """Label ``config.input`` with ``config.checkpoint`` into a new partition of ``config.out``."""
+    start = time.perf_counter()
+    for key in ("checkpoint", "input", "out"):
+        if not getattr(config, key):
+            raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
+    state = ckpt.load(config.checkpoint)
+    spec = TokenSpec.from_dict(state["token_spec"])
+    version = ckpt.load_model(config.checkpoint).version
+    from_shards = storage.exists(storage.join(config.input, DATASET_FILE))
+    catalog = None
+    if from_shards:
+        manifest = read_dataset_manifest(config.input)
+        check_same_spec(
+            spec,
+            TokenSpec.from_dict(manifest["token_spec"]),
+            a_name=f"checkpoint {config.checkpoint!r}",
+            b_name=f"shards {config.input!r}",
+        )
+    else:
+        catalog = read_catalog(
+            config.input,
+            audio_dir=config.audio_dir,
+            fma_subset=config.fma_subset,
+            require_genre=False,
+            audio_root=config.audio_root,
+        )
+    for stale in _partitions(config.out):
+        if not storage.exists(storage.join(stale, RUN_FILE)):
+            log.warning("removing %s: an interrupted run left it without %s", stale, RUN_FILE)
+            _delete_tree(stale)
+    earlier = complete_partitions(config.out)
+    done = _labelled_by(earlier, version) if config.incremental else set()
+    run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    partition = storage.join(config.out, run_id)
+
+    init_ray(config.address, num_cpus=config.num_cpus)
+    import ray
+
+    errors = 0
+    if catalog is not None:
+        tracks = catalog.tracks[~catalog.tracks["track_id"].isin(done)]
+        tracks_in = len(catalog.tracks)
+        errors += write_catalog_problems(storage.join(partition, "errors"), catalog, set())
+        chunks = [
+            tracks.iloc[i : i + config.shard_size].reset_index(drop=True)
+            for i in range(0, len(tracks), config.shard_size)
+        ]
+        todo = len(tracks)
+        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
+            decode_for_label,  # type: ignore[arg-type]
+            batch_size=None,
+            batch_format="pandas",
+            num_cpus=1,
+            fn_kwargs={
+                "spec": spec.to_dict(),
+                "errors_dir": storage.join(partition, "errors"),
+                "min_duration_s": config.min_duration_s,
+                "allow_silent": config.allow_silent,
+            },
+        )
+    else:
+        fs, path = storage.resolve(storage.join(config.input, "shards"))
+        columns = ["track_id", "tokens", "duration_s", "lyrics"]
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+        tracks_in = int(manifest["counts"]["rows"])
+        todo = tracks_in - len(done)
+        if done:
+            ds = ds.map_batches(
+                _drop_done,  # type: ignore[arg-type]
+                fn_kwargs={"done": done},
+                batch_format="pandas",
+            )
+    skipped = tracks_in - todo
+    labelled = 0
+    if todo:
+        use_gpu = config.gpus_per_actor > 0
+        labels = ds.map_batches(
+            Labeller,
+            fn_constructor_kwargs={
+                "checkpoint": config.checkpoint,
+                "top_k": config.top_k,
+                "moments": config.moments,
+                "device": "cuda" if use_gpu else config.device,
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            concurrency=config.actors,
+            num_cpus=config.cpus_per_actor,
+            num_gpus=config.gpus_per_actor if use_gpu else None,
+        )
+        fs, path = storage.resolve(partition)
+        labels.write_parquet(path, filesystem=fs)
+        files = storage.list_files(partition, suffix=".parquet")
+        labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
+    error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
+    errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
+    seconds = time.perf_counter() - start
+    record = {
+        "run": run_id,
+        "model_version": version,
+        "checkpoint": config.checkpoint,
+        "input": config.input,
+        "incremental": config.incremental,
+        "tracks_in": tracks_in,
+        "skipped": skipped,
+        "labelled": labelled,
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    storage.makedirs(partition)
+    storage.write_json_atomic(storage.join(partition, RUN_FILE), record)
+    if not config.incremental:  # a full run replaces what earlier runs wrote
+        for old in earlier:
+            _delete_tree(old)
+    return LabelResult(
+        out=config.out,
+        partition=partition,
+        model_version=version,
+        tracks_in=tracks_in,
+        skipped=skipped,
+        labelled=labelled,
+        errors=errors,
+        seconds=seconds,
+        max_error_rate=config.max_error_rate,
+        samples=_samples(partition),
+    )
+
+
+def _drop_done(batch: pd.DataFrame, *, done: set[str]) -> pd.DataFrame:
+    return batch[~batch["track_id"].isin(done)]
+
+
+def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:
+    files = storage.list_files(partition, suffix=".parquet")[:1]
+    rows: list[dict[str, Any]] = []
+    for table in storage.read_parquet_columns(
+        files, ["track_id", "genre", "genre_prob", "signature_moments"]
+    ):
+        rows.extend(table.slice(0, n).to_pylist())
+    return rows[:n]
+
+
+def read_labels(out: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every finished partition's rows (small outputs and tests; stages stream instead)."""
+    frames = []
+    for part in complete_partitions(out):
+        files = storage.list_files(part, suffix=".parquet")
+        frames += (
+            [t.to_pandas() for t in storage.read_parquet_columns(files, columns or [])]
+            if columns
+            else [pd.read_parquet(f) for f in files]
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,22 @@
+"""Label job: a catalog or shard folder + a checkpoint -> genre, mood and signature labels.
+
+    ray job submit --working-dir . -- python jobs/label.py --config configs/label.yaml [key=value ...]
+
+Scheduled nightly with incremental=true it labels only the tracks this model version has
+not labelled yet. Exits 0 on success, 1 when the error rate exceeds max_error_rate (after
+writing what succeeded), 2 on a bad config, checkpoint or catalog.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
+
+from genreflow.jobscript import run_job
+from genreflow.label import LabelConfig
+from genreflow.pipelines.label import run_label
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__.split("\n")[0], LabelConfig, run_label))

@@ -1,0 +1,52 @@
+"""Shared fixtures of the pipeline tests: a small ingested dataset, a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genreflow.config import load_config
+from genreflow.demo_catalog import make_demo_catalog
+from genreflow.ingest import IngestConfig
+from genreflow.pipelines.ingest import run_ingest
+from genreflow.pipelines.train import run_train
+from genreflow.train import TrainConfig
+
+SMALL_SPEC = ["spec.clip_s=8", "spec.n_tokens=4", "spec.token_s=2.0", "spec.n_mels=64"]
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    manifest = make_demo_catalog(
+        root / "catalog",
+        tracks_per_genre=10,
+        artists_per_genre=10,
+        duration_s=8.0,
+        genres=["ambient", "electronic", "rock"],
+    )
+    out = root / "dataset"
+    run_ingest(load_config(IngestConfig, overrides=SMALL_SPEC, catalog=str(manifest), out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-epoch run of the tiny signature model (the training defaults)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_train(
+        load_config(
+            TrainConfig,
+            overrides=["epochs=2", "batch_size=8", "lr=0.003"],
+            data=str(dataset),
+            out=str(out),
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run: Path) -> str:
+    return str(json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"])

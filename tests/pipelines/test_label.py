@@ -1,0 +1,156 @@
+"""Ray batch labelling against the in-process model; incremental runs; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from genreflow import checkpoint as ckpt
+from genreflow.config import load_config
+from genreflow.errors import SpecMismatchError
+from genreflow.ingest import IngestConfig
+from genreflow.label import LabelConfig
+from genreflow.pipelines.ingest import run_ingest
+from genreflow.pipelines.label import RUN_FILE, complete_partitions, read_labels, run_label
+from genreflow.schema import tokens_numpy
+from tests.audio_fixtures import write_audio
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def label(checkpoint: str, source: Path, out: Path, *overrides: str) -> Any:
+    return run_label(
+        load_config(
+            LabelConfig,
+            overrides=list(overrides),
+            checkpoint=checkpoint,
+            input=str(source),
+            out=str(out),
+        )
+    )
+
+
+def test_labels_equal_the_in_process_model(
+    trained_checkpoint: str, dataset: Path, tmp_path: Path
+) -> None:
+    result = label(trained_checkpoint, dataset, tmp_path / "labels", "batch_size=7", "top_k=2")
+    labels = read_labels(str(tmp_path / "labels")).set_index("track_id")
+    table = pq.read_table(dataset / "shards")
+    ids = table.column("track_id").to_pylist()
+    assert sorted(labels.index) == sorted(ids) and result.labelled == len(ids)
+    loaded = ckpt.load_model(trained_checkpoint)
+    with torch.no_grad():
+        out = loaded.model(
+            torch.from_numpy(tokens_numpy(table.column("tokens")).astype(np.float32))
+        )
+    probs = torch.softmax(out.genre_logits, 1).numpy()
+    embedding = torch.nn.functional.normalize(out.embedding, dim=1).numpy()
+    durations = table.column("duration_s").to_numpy()
+    spec = loaded.spec
+    for i, track in enumerate(ids):
+        row = labels.loc[track]
+        assert row["genre"] == loaded.genres[int(probs[i].argmax())]
+        assert row["genre_prob"] == pytest.approx(probs[i].max(), abs=1e-5)
+        assert row["genre_topk"][0]["genre"] == row["genre"]
+        assert len(row["genre_topk"]) == 2
+        np.testing.assert_allclose(row["embedding"], embedding[i], atol=1e-5)
+        assert np.linalg.norm(row["embedding"]) == pytest.approx(1.0, abs=1e-5)
+        weights = np.asarray(row["token_weights"])
+        assert weights.sum() == pytest.approx(1.0, abs=1e-5)
+        moments = list(row["signature_moments"])
+        assert len(moments) == 3
+        best = spec.token_times_s()[int(weights.argmax())]
+        assert moments[0]["start_s"] == pytest.approx(best[0], abs=1e-3)
+        assert [m["weight"] for m in moments] == sorted(
+            (m["weight"] for m in moments), reverse=True
+        )
+        for m in moments:
+            assert 0 <= m["start_s"] < m["end_s"] <= min(durations[i], spec.clip_s) + 1e-3
+        assert row["model_version"] == loaded.version
+    record = json.loads(next((tmp_path / "labels").glob(f"run-*/{RUN_FILE}")).read_text())
+    assert record["labelled"] == len(ids) and record["model_version"] == loaded.version
+
+
+def write_catalog(tmp_path: Path, dataset_manifest: Path, n: int) -> Path:
+    rows = pd.read_csv(dataset_manifest).head(n)
+    rows["uri"] = [str(dataset_manifest.parent / u) for u in rows["uri"]]
+    path = tmp_path / "catalog.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def test_incremental_runs_label_only_new_tracks_exactly_once(
+    trained_checkpoint: str, dataset: Path, tmp_path: Path
+) -> None:
+    source = dataset.parent / "catalog" / "manifest.csv"
+    out = tmp_path / "labels"
+    catalog = write_catalog(tmp_path, source, 12)
+    first = label(trained_checkpoint, catalog, out, "incremental=true")
+    assert first.labelled == 12 and first.skipped == 0
+    again = label(trained_checkpoint, catalog, out, "incremental=true")
+    assert again.labelled == 0 and again.skipped == 12  # same model version: zero work
+    grown = write_catalog(tmp_path, source, 18)
+    third = label(trained_checkpoint, grown, out, "incremental=true")
+    assert third.labelled == 6 and third.skipped == 12
+    # an interrupted run: its partition has rows but no run record
+    partial = out / "run-29991231T000000-dead00"
+    shutil.copytree(Path(third.partition), partial)
+    (partial / RUN_FILE).unlink()
+    grown = write_catalog(tmp_path, source, 20)
+    fourth = label(trained_checkpoint, grown, out, "incremental=true")
+    assert not partial.exists()
+    assert fourth.labelled == 2
+    labels = read_labels(str(out))
+    assert labels["track_id"].is_unique and len(labels) == 20
+    assert len(complete_partitions(str(out))) == 4
+
+
+def test_bad_audio_becomes_error_rows(
+    trained_checkpoint: str, dataset: Path, tmp_path: Path
+) -> None:
+    source = dataset.parent / "catalog" / "manifest.csv"
+    good = pd.read_csv(source).head(3)
+    good["uri"] = [str(source.parent / u) for u in good["uri"]]
+    audio = tmp_path / "bad"
+    audio.mkdir()
+    (audio / "corrupt.mp3").write_bytes(b"\xff\xfb" + bytes(500))
+    write_audio(audio / "silent.wav", np.zeros((22050 * 2, 1), np.float32), 22050)
+    write_audio(audio / "short.wav", np.ones((5000, 1), np.float32) * 0.1, 22050)
+    bad = pd.DataFrame(
+        {
+            "track_id": ["corrupt", "silent", "short", "missing"],
+            "uri": [
+                str(audio / n) for n in ("corrupt.mp3", "silent.wav", "short.wav", "missing.ogg")
+            ],
+        }
+    )
+    catalog = tmp_path / "catalog.csv"
+    pd.concat([good, bad]).to_csv(catalog, index=False)
+    result = label(trained_checkpoint, catalog, tmp_path / "labels", "max_error_rate=0.9")
+    assert result.labelled == 3 and result.errors == 4 and not result.failed
+    errors = pq.read_table(Path(result.partition) / "errors").to_pandas()
+    assert dict(zip(errors["track_id"], errors["kind"], strict=True)) == {
+        "corrupt": "undecodable",
+        "silent": "silent",
+        "short": "too_short",
+        "missing": "missing",
+    }
+
+
+def test_a_checkpoint_of_another_token_spec_is_refused(
+    trained_checkpoint: str, small_manifest: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    run_ingest(
+        load_config(IngestConfig, catalog=str(small_manifest), out=str(other))
+    )  # default spec
+    with pytest.raises(SpecMismatchError, match=r"checkpoint .* differs from shards"):
+        label(trained_checkpoint, other, tmp_path / "labels")
