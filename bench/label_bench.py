@@ -55,6 +55,10 @@ def plain(shards: Path, checkpoint: str, batch_size: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
+def metrics_rows(dataset: Path) -> int:
+    return int(json.loads((dataset / "_dataset.json").read_text())["counts"]["rows"])
+
+
 def grown_dataset(source: Path, copies: int) -> Path:
     target = WORK / f"dataset-x{copies}"
     if target.exists():
@@ -123,6 +127,12 @@ def main() -> None:
     print(
         f"| Ray label job from shards x{args.grow} (whole run) | {grown_rate:.1f} | "
         f"{grown_rate / plain_rate:.2f} |"
+    )
+    rows_1 = metrics_rows(dataset)
+    marginal = (rows_1 * (args.grow - 1)) / (rows_1 * args.grow / grown_rate - rows_1 / shard_rate)
+    print(
+        f"| Ray label job, steady state (extra rows / extra time, x1 vs x{args.grow}) | "
+        f"{marginal:.1f} | {marginal / plain_rate:.2f} |"
     )
     print(
         f"\npeak RSS of all processes: {shard_peak / 2**20:.0f} MiB for the shards, "

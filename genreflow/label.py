@@ -123,7 +123,7 @@ class Labeller:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         loaded = self.loaded
-        tokens = torch.from_numpy(np.ascontiguousarray(batch["tokens"])).to(self.device).float()
+        tokens = torch.from_numpy(np.array(batch["tokens"], dtype=np.float32)).to(self.device)
         lyrics = None
         if loaded.lyrics_vocab is not None:
             hp = self.model.hyperparameters(
