@@ -154,3 +154,21 @@ def test_a_checkpoint_of_another_token_spec_is_refused(
     )  # default spec
     with pytest.raises(SpecMismatchError, match=r"checkpoint .* differs from shards"):
         label(trained_checkpoint, other, tmp_path / "labels")
+
+
+def test_a_new_model_version_relabels_everything(
+    trained_run: Path, dataset: Path, tmp_path: Path
+) -> None:
+    root = trained_run / "checkpoints" / "run"
+    checkpoints = sorted(str(p) for p in root.glob("checkpoint_*") if p.is_dir())
+    versions = {ckpt.load_model(c).version for c in checkpoints}
+    assert len(checkpoints) == 2 and len(versions) == 2  # epochs 0 and 1: different weights
+    catalog = write_catalog(tmp_path, dataset.parent / "catalog" / "manifest.csv", 6)
+    out = tmp_path / "labels"
+    first = label(checkpoints[0], catalog, out, "incremental=true")
+    second = label(checkpoints[1], catalog, out, "incremental=true")
+    assert first.labelled == second.labelled == 6 and second.skipped == 0
+    labels = read_labels(str(out))
+    assert labels.groupby("model_version")["track_id"].nunique().to_dict() == {
+        v: 6 for v in versions
+    }
