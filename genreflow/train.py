@@ -292,10 +292,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, config.epochs):
         net.train()
-        started, waited, losses = time.perf_counter(), 0.0, []
+        started, waited, first_wait = time.perf_counter(), 0.0, 0.0
+        losses: list[float] = []
         wait_start = time.perf_counter()
         for batch in batches(train_shard, shuffle=True):
             waited += time.perf_counter() - wait_start
+            if not losses:  # the first batch waits for the shuffle buffer to fill
+                first_wait = waited
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 out = forward(net, batch)
             loss = batch_loss(
@@ -328,6 +331,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             else math.nan,
             "train_seconds": train_seconds,
             "data_wait_seconds": waited,
+            "first_batch_wait_seconds": first_wait,
             "steps": len(losses),
         }
         if context.get_world_size() > 1:
