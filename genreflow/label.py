@@ -126,9 +126,7 @@ class Labeller:
         tokens = torch.from_numpy(np.array(batch["tokens"], dtype=np.float32)).to(self.device)
         lyrics = None
         if loaded.lyrics_vocab is not None:
-            hp = self.model.hyperparameters(
-                loaded.model_preset, loaded.model_overrides
-            )  # same bounds as training
+            hp = self.model.hp  # the checkpoint's preset: the same bounds as in training
             texts = [
                 t if isinstance(t, str) else None for t in batch.get("lyrics", [None] * len(tokens))
             ]

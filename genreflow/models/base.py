@@ -38,7 +38,16 @@ class GenreModel(nn.Module):
     has_mood: ClassVar[bool] = False
     uses_lyrics: ClassVar[bool] = False
 
-    def __init__(self, spec: TokenSpec, *, n_genres: int, n_moods: int = 3) -> None:
+    def __init__(
+        self,
+        spec: TokenSpec,
+        *,
+        n_genres: int,
+        n_moods: int = 3,
+        preset: str = "tiny",
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        """Check label counts and resolve the preset into ``self.hp`` (with ``overrides``)."""
         super().__init__()
         if n_genres < 2:
             raise ConfigError(f"{self.name}: need at least 2 genres, got n_genres={n_genres}")
@@ -47,6 +56,8 @@ class GenreModel(nn.Module):
         self.spec = spec
         self.n_genres = n_genres
         self.n_moods = n_moods
+        self.hp = self.hyperparameters(preset, overrides)
+        self.input_pool = int(self.hp["input_pool"])
 
     @classmethod
     def hyperparameters(

@@ -71,13 +71,14 @@ class MultimodalHAN(GenreModel):
         word_vectors: np.ndarray | None = None,
         **overrides: Any,
     ) -> None:
-        super().__init__(spec, n_genres=n_genres, n_moods=n_moods)
-        p = self.hyperparameters(preset, overrides)
+        super().__init__(
+            spec, n_genres=n_genres, n_moods=n_moods, preset=preset, overrides=overrides
+        )
+        p = self.hp
         if vocab_size < 2:
             raise ShapeError(
                 f"{self.name}: vocab_size must count <pad> and <unk>, got {vocab_size}"
             )
-        self.input_pool = int(p["input_pool"])
         self.max_sentences, self.max_words = int(p["max_sentences"]), int(p["max_words"])
         channels = [1, *p["channels"]]
         a = int(p["audio_dim"])

@@ -44,9 +44,10 @@ class MultitaskAttentionCNN(GenreModel):
         preset: str = "tiny",
         **overrides: Any,
     ) -> None:
-        super().__init__(spec, n_genres=n_genres, n_moods=n_moods)
-        p = self.hyperparameters(preset, overrides)
-        self.input_pool = int(p["input_pool"])
+        super().__init__(
+            spec, n_genres=n_genres, n_moods=n_moods, preset=preset, overrides=overrides
+        )
+        p = self.hp
         channels = [1, *p["channels"]]
         self.features = nn.Sequential(
             *[conv_block(a, b, kernel=2, pool=2) for a, b in pairwise(channels)]

@@ -59,9 +59,10 @@ class SignatureAttention(GenreModel):
         preset: str = "tiny",
         **overrides: Any,
     ) -> None:
-        super().__init__(spec, n_genres=n_genres, n_moods=n_moods)
-        p = self.hyperparameters(preset, overrides)
-        self.input_pool = int(p["input_pool"])
+        super().__init__(
+            spec, n_genres=n_genres, n_moods=n_moods, preset=preset, overrides=overrides
+        )
+        p = self.hp
         channels = [1, *p["channels"]]
         d = int(p["d_model"])
         self.token_cnn = token_encoder(channels, d)
