@@ -7,6 +7,7 @@ the stage's typed config; a bad key or value is reported before any work starts.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genreflow.config import load_config
-from genreflow.errors import GenreflowError
+from genreflow.errors import ConfigError, GenreflowError
 from genreflow.ingest import IngestConfig
 
 log = logging.getLogger("genreflow")
@@ -29,6 +30,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -69,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--out", help="labels folder (local or s3://)")
     _add_common(label)
 
+    index = sub.add_parser("index", help="labels -> a tuned FAISS index + neighbours table")
+    index.add_argument("--labels", help="labels folder (genreflow label --out)")
+    index.add_argument("--out", help="index folder (local or s3://)")
+    _add_common(index)
+
+    rec = sub.add_parser("recommend", help="similar tracks from a published index")
+    rec.add_argument("--index", required=True, help="index folder (genreflow index --out)")
+    query = rec.add_mutually_exclusive_group(required=True)
+    query.add_argument("--track-id", help="a catalog track in the index")
+    query.add_argument("--audio", help="an audio file, embedded with the index's checkpoint")
+    rec.add_argument("-k", type=int, default=5, help="neighbours (default: %(default)s)")
+    rec.add_argument("--json", action="store_true", help="print JSON: [{track_id, score}]")
+
+    analyze = sub.add_parser("analyze", help="labels -> genre analysis report (HTML)")
+    analyze.add_argument("--labels", help="labels folder (genreflow label --out)")
+    analyze.add_argument("--out", help="report folder")
+    _add_common(analyze)
+
     demo = sub.add_parser("demo", help="the whole pipeline on a generated demo catalog")
     demo.add_argument(
         "--out", default="genreflow-demo", help="working folder (default: %(default)s)"
@@ -93,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "label":
             return cmd_label(args)
+        if args.command == "index":
+            return cmd_index(args)
+        if args.command == "recommend":
+            return cmd_recommend(args)
+        if args.command == "analyze":
+            return cmd_analyze(args)
         if args.command == "demo":
             return cmd_demo(args)
     except GenreflowError as exc:
@@ -146,6 +172,59 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from genreflow.index import IndexConfig
+    from genreflow.pipelines.index import run_index
+
+    config = load_config(IndexConfig, args.config, args.overrides, labels=args.labels, out=args.out)
+    print(run_index(config).summary())
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from genreflow.index import open_index
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be >= 1, got {args.k}")
+    loaded = open_index(args.index)
+    if args.track_id is not None:
+        rows = loaded.recommend(args.track_id, args.k)
+        query = f"track {args.track_id}"
+    else:
+        from genreflow.pipelines.index import embed_audio
+
+        checkpoint = loaded.info.get("checkpoint")
+        if not checkpoint:
+            raise GenreflowError(
+                f"the index {args.index!r} names no checkpoint to embed audio with"
+            )
+        vector = embed_audio(
+            args.audio, checkpoint, expected_version=loaded.info.get("model_version")
+        )
+        scores, found = loaded.search(vector[None], args.k)
+        rows = loaded.rows(scores[0], found[0])
+        query = args.audio
+    if args.json:
+        print(json.dumps([{"track_id": r["track_id"], "score": r["score"]} for r in rows]))
+        return 0
+    print(f"tracks most like {query} (cosine similarity of attention signatures):")
+    for rank, row in enumerate(rows, 1):
+        genre = f"  [{row['genre']}]" if row["genre"] else ""
+        print(f"{rank:3d}. {row['track_id']}  {row['score']:.3f}{genre}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from genreflow.analysis import AnalyzeConfig
+    from genreflow.pipelines.analyze import run_analyze
+
+    config = load_config(
+        AnalyzeConfig, args.config, args.overrides, labels=args.labels, out=args.out
+    )
+    print(run_analyze(config).summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from genreflow.demo_catalog import make_demo_catalog
     from genreflow.pipelines.ingest import run_ingest
@@ -155,11 +234,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(args.out)
     started = time.perf_counter()
     local = [f"num_cpus={args.num_cpus}"] if args.num_cpus else []
-    print(f"[1/4] generating the demo catalog in {work / 'catalog'} ...", flush=True)
+    print(f"[1/6] generating the demo catalog in {work / 'catalog'} ...", flush=True)
     manifest = make_demo_catalog(work / "catalog", tracks_per_genre=args.tracks_per_genre)
     print(f"      {manifest} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    print("[2/4] ingesting it into Parquet token shards on a local Ray ...", flush=True)
+    print("[2/6] ingesting it into Parquet token shards on a local Ray ...", flush=True)
     ingest_config = load_config(
         IngestConfig, overrides=local, catalog=str(manifest), out=str(work / "dataset")
     )
@@ -172,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
     print(
-        f"[3/4] training the tiny signature_attention model ({args.epochs} epochs, Ray Train) ...",
+        f"[3/6] training the tiny signature_attention model ({args.epochs} epochs, Ray Train) ...",
         flush=True,
     )
     run = work / "runs" / "signature_attention"
@@ -194,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("      " + trained.summary())
 
     print(
-        "[4/4] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
+        "[4/6] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
         flush=True,
     )
     from genreflow.label import LabelConfig
@@ -222,7 +301,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"      {row['track_id']}: {row['genre']} (p={row['genre_prob']:.2f}); "
             f"signature moments {moments}"
         )
+    if labelled.failed:
+        return 1
+
+    print("[5/6] building the recommendation index (FAISS) and neighbours table ...", flush=True)
+    from genreflow.analysis import AnalyzeConfig
+    from genreflow.index import IndexConfig, open_index
+    from genreflow.pipelines.analyze import run_analyze
+    from genreflow.pipelines.index import run_index
+
+    indexed = run_index(
+        load_config(IndexConfig, overrides=local, labels=str(labels), out=str(work / "index"))
+    )
+    print("      " + indexed.summary())
+    loaded = open_index(str(work / "index"))
+    for row in labelled.samples[:2]:
+        similar = ", ".join(
+            f"{r['track_id']} [{r['genre']}] {r['score']:.2f}"
+            for r in loaded.recommend(row["track_id"], 3)
+        )
+        print(f"      like {row['track_id']} [{row['genre']}]: {similar}")
+
+    print("[6/6] writing the genre analysis report ...", flush=True)
+    analyzed = run_analyze(load_config(AnalyzeConfig, labels=str(labels), out=str(work / "report")))
+    for genre, near in analyzed.nearest.items():
+        print(f"      {genre}: nearest " + ", ".join(f"{n} ({s:.2f})" for n, s in near))
+    print("      " + analyzed.summary())
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {work}/")
+    print(f"open the report: {Path(analyzed.report).resolve()}")
     return 0
 
 

@@ -4,7 +4,8 @@ A label row: ``track_id``, ``genre`` (top-1) and ``genre_prob``, ``genre_topk`` 
 probability, best first), ``mood`` and ``mood_probs`` where the model has a mood head,
 ``token_weights`` (attention per token), ``signature_moments`` (start/end seconds within
 the track of the most attended tokens, with their weights), ``embedding`` (the
-signature, float32, L2-normalised), ``model_version``, ``labelled_at``.
+signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where known),
+``model_version``, ``labelled_at``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ LABELS_SCHEMA_FIELDS = [
         ),
     ),
     pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("true_genre", pa.string()),  # the catalog's genre where it has one
     pa.field("model_version", pa.string()),
     pa.field("labelled_at", pa.timestamp("s", tz="UTC")),
 ]
@@ -164,6 +166,9 @@ class Labeller:
             "token_weights": [None] * n,
             "signature_moments": [[] for _ in range(n)],
             "embedding": [e.tolist() for e in embedding],
+            "true_genre": [
+                g if isinstance(g, str) and g else None for g in batch.get("genre", [None] * n)
+            ],
             "model_version": [loaded.version] * n,
             "labelled_at": [now] * n,
         }
@@ -193,10 +198,10 @@ def decode_for_label(
 
     Tracks that fail become error rows written to ``errors_dir`` (one file per batch);
     the rest come back as ``track_id, tokens [b, n_tokens, n_mels, frames] float16,
-    duration_s, lyrics``.
+    duration_s, lyrics, genre``.
     """
     token_spec = TokenSpec.from_dict(spec)
-    ids, tokens, durations, lyrics, errors = [], [], [], [], []
+    ids, tokens, durations, lyrics, genres, errors = [], [], [], [], [], []
     for row in rows.itertuples(index=False):
         try:
             toks, duration = tokenize_track(
@@ -217,6 +222,7 @@ def decode_for_label(
         tokens.append(toks)
         durations.append(duration)
         lyrics.append(row.lyrics if isinstance(row.lyrics, str) else None)
+        genres.append(row.genre if isinstance(row.genre, str) else None)
     if errors:
         name = shard_name(rows["track_id"].astype(str))
         storage.write_parquet_atomic(error_table(errors), storage.join(errors_dir, name))
@@ -227,4 +233,5 @@ def decode_for_label(
         else np.zeros((0, *token_spec.token_shape), np.float16),
         "duration_s": np.array(durations, dtype=np.float32),
         "lyrics": np.array(lyrics, dtype=object),
+        "genre": np.array(genres, dtype=object),
     }

@@ -162,7 +162,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         )
     else:
         fs, path = storage.resolve(storage.join(config.input, "shards"))
-        columns = ["track_id", "tokens", "duration_s", "lyrics"]
+        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
         ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
         tracks_in = int(manifest["counts"]["rows"])
         todo = tracks_in - len(done)
@@ -186,7 +186,7 @@ def run_label(config: LabelConfig) -> LabelResult:
             },
             batch_size=config.batch_size,
             batch_format="numpy",
-            concurrency=config.actors,
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor if use_gpu else None,
         )

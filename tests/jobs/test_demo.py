@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def test_demo_generates_ingests_and_trains_well_above_chance(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_pipeline_well_above_chance(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run(
         [
@@ -30,7 +30,7 @@ def test_demo_generates_ingests_and_trains_well_above_chance(tmp_path: Path) -> 
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "[4/4]" in proc.stdout and "validation accuracy" in proc.stdout
+    assert "[6/6]" in proc.stdout and "validation accuracy" in proc.stdout
     assert "signature moments" in proc.stdout
     manifest = json.loads((tmp_path / "dataset" / "_dataset.json").read_text())
     assert manifest["counts"]["rows"] == 6 * 16
@@ -47,3 +47,11 @@ def test_demo_generates_ingests_and_trains_well_above_chance(tmp_path: Path) -> 
     labels = list((tmp_path / "labels").glob("run-*/_run.json"))
     assert len(labels) == 1
     assert json.loads(labels[0].read_text())["labelled"] == 6 * 16
+    index = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert index["count"] == 6 * 16 and index["recall_at_10"] == 1.0
+    assert "like " in proc.stdout and "nearest" in proc.stdout
+    report = tmp_path / "report" / "report.html"
+    assert f"open the report: {report.resolve()}" in proc.stdout
+    page = report.read_text()
+    for name in ("genre_pca_2d.png", "genre_pca_3d.png", "attention.png", "confusion.png"):
+        assert f"src='{name}'" in page and (report.parent / name).is_file()

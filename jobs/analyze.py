@@ -1,0 +1,21 @@
+"""Analyze job: labels -> genre embeddings, nearest genres, analogies, PCA and heat-map pictures, one HTML report.
+
+    ray job submit --working-dir . -- python jobs/analyze.py --config configs/analyze.yaml [key=value ...]
+
+One streaming pass over the labels on the driver (no Ray tasks). Exits 0 on success, 2
+on a bad config or labels that hold fewer than two genres.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
+
+from genreflow.analysis import AnalyzeConfig
+from genreflow.jobscript import run_job
+from genreflow.pipelines.analyze import run_analyze
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__.split("\n")[0], AnalyzeConfig, run_analyze))

@@ -1,0 +1,22 @@
+"""Index job: label embeddings -> a tuned FAISS index (GPU when there is one) and a neighbours table.
+
+    ray job submit --working-dir . -- python jobs/build_index.py --config configs/index.yaml [key=value ...]
+
+Scheduled weekly it rebuilds the index from the latest labels and publishes it
+atomically: readers see the previous index until the new one is complete. Exits 0 on
+success, 2 on a bad config, missing labels or an unreachable cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
+
+from genreflow.index import IndexConfig
+from genreflow.jobscript import run_job
+from genreflow.pipelines.index import run_index
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__.split("\n")[0], IndexConfig, run_index))

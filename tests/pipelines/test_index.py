@@ -1,0 +1,172 @@
+"""The index job on real labels: exact results, neighbours table, recommend, report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genreflow import cli
+from genreflow import index as fidx
+from genreflow.analysis import AnalyzeConfig
+from genreflow.config import load_config
+from genreflow.errors import GenreflowError
+from genreflow.label import LabelConfig
+from genreflow.pipelines import index as index_pipeline
+from genreflow.pipelines.analyze import run_analyze
+from genreflow.pipelines.index import read_neighbours, run_index
+from genreflow.pipelines.label import read_labels, run_label
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def labels(
+    trained_checkpoint: str, dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("index-labels") / "labels"
+    run_label(
+        load_config(LabelConfig, checkpoint=trained_checkpoint, input=str(dataset), out=str(out))
+    )
+    return out
+
+
+def build(labels: Path, out: Path, *overrides: str) -> index_pipeline.IndexResult:
+    return run_index(
+        load_config(
+            fidx.IndexConfig,
+            overrides=["neighbours=4", "batch_size=7", *overrides],
+            labels=str(labels),
+            out=str(out),
+        )
+    )
+
+
+def expected_neighbours(frame: pd.DataFrame, k: int) -> dict[str, list[str]]:
+    vectors = np.stack(frame["embedding"].to_numpy())
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ids = frame["track_id"].to_numpy()
+    return {ids[i]: [ids[j] for j in order[i]] for i in range(len(ids))}
+
+
+def test_index_and_neighbours_table_equal_exact_search(
+    labels: Path, trained_checkpoint: str, tmp_path: Path
+) -> None:
+    result = build(labels, tmp_path / "index")
+    frame = read_labels(str(labels), ["track_id", "embedding", "model_version", "genre"])
+    info = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert info["count"] == len(frame) == result.neighbour_rows
+    assert info["index_type"] == "flat" and info["recall_at_10"] == 1.0
+    assert info["metric"] == "inner_product" and info["dimension"] == len(frame["embedding"][0])
+    assert info["model_version"] == frame["model_version"][0]
+    assert info["checkpoint"] == trained_checkpoint and info["built_on"] == "CPU"
+    folder = tmp_path / "index" / info["version"]
+    assert {p.name for p in folder.iterdir()} >= {"index.faiss", "ids.parquet", "index.json"}
+
+    expected = expected_neighbours(frame, 4)
+    table = read_neighbours(str(tmp_path / "index")).to_pylist()
+    assert sorted(r["track_id"] for r in table) == sorted(expected)
+    for row in table:
+        got = [n["track_id"] for n in row["neighbours"]]
+        assert got == expected[row["track_id"]], row["track_id"]
+        scores = [n["score"] for n in row["neighbours"]]
+        assert scores == sorted(scores, reverse=True)
+
+    loaded = fidx.open_index(str(tmp_path / "index"))
+    track = str(frame["track_id"][0])
+    assert [r["track_id"] for r in loaded.recommend(track, 4)] == expected[track]
+
+
+def test_recommend_command(
+    labels: Path,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    build(labels, tmp_path / "index", "neighbours=0")
+    frame = read_labels(str(labels), ["track_id", "embedding"])
+    expected = expected_neighbours(frame, 3)
+    track = str(frame["track_id"][2])
+    assert cli.main(["recommend", "--index", str(tmp_path / "index"), "--track-id", track,
+                     "-k", "3", "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["track_id"] for r in rows] == expected[track]
+    assert set(rows[0]) == {"track_id", "score"}
+
+    # a new audio file: the catalog file of a track is its own nearest neighbour
+    shards = pd.read_parquet(dataset / "shards", columns=["track_id", "uri"])
+    uri = str(shards.loc[shards["track_id"] == track, "uri"].iloc[0])
+    assert cli.main(["recommend", "--index", str(tmp_path / "index"), "--audio", uri,
+                     "-k", "2", "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["track_id"] == track and rows[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+    assert cli.main(["recommend", "--index", str(tmp_path / "index"), "--track-id", track]) == 0
+    assert re.search(r"^\s+1\. \S+\s+\d\.\d{3}", capsys.readouterr().out, re.M)
+
+    assert cli.main(["recommend", "--index", str(tmp_path / "index"), "--track-id", "x9"]) == 2
+    assert "'x9' is not in the index" in caplog.text
+    assert cli.main(["recommend", "--index", str(tmp_path / "none"), "--track-id", track]) == 2
+    assert "no index in" in caplog.text
+
+
+def test_an_interrupted_build_leaves_the_previous_index_readable(
+    labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = build(labels, tmp_path / "index", "neighbours=0")
+    before = fidx.open_index(str(tmp_path / "index"))
+
+    def crash(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt("killed while computing neighbours")
+
+    monkeypatch.setattr(index_pipeline, "_neighbours_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build(labels, tmp_path / "index")
+    assert len(fidx.list_versions(str(tmp_path / "index"))) == 2  # the new one, unpublished
+    after = fidx.open_index(str(tmp_path / "index"))
+    assert after.info["version"] == first.info["version"] == before.info["version"]
+    assert list(after.track_ids) == list(before.track_ids)
+    monkeypatch.undo()
+    again = build(labels, tmp_path / "index", "keep_versions=1")
+    assert fidx.list_versions(str(tmp_path / "index")) == [again.info["version"]]
+
+
+def test_index_bad_input(labels: Path, tmp_path: Path) -> None:
+    with pytest.raises(GenreflowError, match="no finished label runs"):
+        build(tmp_path / "nothing", tmp_path / "index")
+    with pytest.raises(GenreflowError, match="no label runs of model_version 'm-x'"):
+        build(labels, tmp_path / "index", "model_version=m-x")
+    if fidx.faiss_gpus() == 0:
+        with pytest.raises(GenreflowError, match="device=gpu but FAISS sees no GPU"):
+            build(labels, tmp_path / "index", "device=gpu")
+
+
+def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path) -> None:
+    result = run_analyze(
+        load_config(
+            AnalyzeConfig, overrides=["heatmap_tracks=1"], labels=str(labels), out=str(tmp_path)
+        )
+    )
+    page = (tmp_path / "report.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert {"genre_pca_2d.png", "genre_pca_3d.png", "genre_similarity.png", "attention.png",
+            "confusion.png"} <= set(sources)  # fmt: skip
+    for name in sources:
+        assert (tmp_path / name).stat().st_size > 1000  # a real PNG
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((tmp_path / "analysis.json").read_text())
+    assert data["grouped_by"] == "true genre"
+    assert set(data["genres"]) == {"ambient", "electronic", "rock"} == set(result.genres)
+    assert sum(data["genres"].values()) == result.tracks == 30
+    for genre, near in data["nearest_genres"].items():
+        assert len(near) == 2 and genre not in {n["genre"] for n in near}
+        assert genre in page
+    assert "needs 4 or more genres" in page  # three genres: no analogy is possible
+    assert 0 <= data["accuracy"] <= 1

@@ -1,0 +1,260 @@
+"""The FAISS index core against brute-force numpy search; GPU selection; publishing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+from genreflow import index as fidx
+from genreflow.errors import ConfigError, GenreflowError, ShapeError
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, *, clusters: int, seed: int, spread: float = 0.6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return unit(centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim)))
+
+
+def blocks_of(vectors: np.ndarray, size: int) -> fidx.Blocks:
+    ids = np.array([f"t{i}" for i in range(len(vectors))], dtype=object)
+    genres = np.array([f"g{i % 3}" for i in range(len(vectors))], dtype=object)
+
+    def blocks() -> Iterator[fidx.Block]:
+        for i in range(0, len(vectors), size):
+            yield fidx.Block(ids[i : i + size], vectors[i : i + size], genres[i : i + size])
+
+    return blocks
+
+
+def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int, own: np.ndarray) -> np.ndarray:
+    scores = queries @ vectors.T
+    scores[np.arange(len(queries)), own] = -np.inf  # the query track itself
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def loaded(built: fidx.BuiltIndex, folder: Path) -> fidx.LoadedIndex:
+    info = fidx.manifest(built, version=folder.name, extra={"model_version": "m1"})
+    fidx.write_version(built, str(folder), info)
+    return fidx.load_version(str(folder))
+
+
+def test_exact_index_equals_brute_force_search(tmp_path: Path) -> None:
+    x = unit(np.random.default_rng(0).normal(size=(600, 16)))
+    config = fidx.IndexConfig(tune_queries=50)
+    built = fidx.build_index(blocks_of(x, 64), config=config)
+    assert built.plan.kind == "flat" and built.count == 600 and built.recall_at_10 == 1.0
+    assert built.track_ids[:2] == ["t0", "t1"] and built.genres[:2] == ["g0", "g1"]
+    index = loaded(built, tmp_path / "v-1")
+    own = np.arange(600)
+    scores, found = index.search(x, 5, exclude=own)
+    expected = brute_force(x, x, 5, own)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(x @ x.T, expected, 1), atol=1e-5)
+    rows = index.recommend("t7", 4)
+    assert [r["track_id"] for r in rows] == [f"t{j}" for j in expected[7, :4]]
+    assert all(r["track_id"] != "t7" for r in rows)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+
+
+def test_ivf_reaches_the_recall_target_on_clustered_data(tmp_path: Path) -> None:
+    x = clustered(20_000, 32, clusters=64, seed=1)
+    config = fidx.IndexConfig(
+        index_type="ivf", train_size=8_000, tune_queries=300, recall_target=0.95
+    )
+    built = fidx.build_index(blocks_of(x, 4_096), config=config)
+    assert built.plan.kind == "ivf" and built.plan.nlist > 1
+    assert built.recall_at_10 >= 0.95
+    nprobe = built.params["nprobe"]
+    assert 1 <= nprobe <= built.plan.nlist
+    # the tuning table is cheapest first and stops at the first value reaching the target
+    assert [t["value"] for t in built.tuning][-1] == nprobe
+    assert all(t["recall_at_10"] < 0.95 for t in built.tuning[:-1])
+    # recall measured independently, on queries that were not in the tuning sample
+    index = loaded(built, tmp_path / "v-1")
+    assert index.info["recall_at_10"] >= 0.95 and index.info["params"] == {"nprobe": nprobe}
+    rng = np.random.default_rng(9)
+    picks = rng.choice(len(x), 300, replace=False)
+    queries = x[picks]
+    _, found = index.search(queries, 10, exclude=picks)
+    truth = brute_force(x, queries, 10, picks)
+    assert fidx.recall_at_k(found, truth) >= 0.93
+
+
+def test_hnsw_and_compressed_indexes_build_and_report_their_recall() -> None:
+    x = clustered(4_000, 16, clusters=16, seed=2)
+    for kind in ("hnsw", "ivfsq", "ivfpq"):
+        config = fidx.IndexConfig(index_type=kind, train_size=3_000, tune_queries=100)  # type: ignore[arg-type]
+        built = fidx.build_index(blocks_of(x, 1_000), config=config)
+        assert built.plan.kind == kind and built.count == 4_000
+        assert 0 < built.recall_at_10 <= 1 and built.tuning
+        assert set(built.params) == {"efSearch" if kind == "hnsw" else "nprobe"}
+
+
+def test_the_plan_follows_catalog_size_and_memory() -> None:
+    config = fidx.IndexConfig(exact_below=1_000, memory_budget_gb=1.0, train_size=100_000)
+    assert fidx.plan_index(999, 256, config).kind == "flat"
+    ivf = fidx.plan_index(100_000, 256, config)
+    assert ivf.kind == "ivf" and ivf.factory == f"IVF{ivf.nlist},Flat"
+    assert ivf.nlist == int(4 * np.sqrt(100_000))
+    # 2M x 256 float32 = 1.9 GiB: over the budget, a quarter of it with 8-bit codes
+    assert fidx.plan_index(2_000_000, 256, config).kind == "ivfsq"
+    pq = fidx.plan_index(20_000_000, 256, config)
+    assert pq.kind == "ivfpq" and 256 % pq.pq_m == 0 and pq.pq_m == 128
+    # never more lists than 39 training vectors each allow
+    assert fidx.plan_index(5_000_000, 64, fidx.IndexConfig(train_size=39_000)).nlist == 1_000
+    assert fidx.plan_index(50, 8, fidx.IndexConfig(index_type="ivf")).nlist == 1
+    assert fidx.plan_index(100, 30, fidx.IndexConfig(index_type="ivfpq", pq_m=8)).pq_m == 6
+
+
+def test_gpu_selection() -> None:
+    assert fidx.select_gpus("cpu", 4) == 0
+    assert fidx.select_gpus("auto", 0) == 0
+    assert fidx.select_gpus("auto", 2) == 2
+    assert fidx.select_gpus("gpu", 1) == 1
+    with pytest.raises(ConfigError, match="no GPU"):
+        fidx.select_gpus("gpu", 0)
+    with pytest.raises(ConfigError, match="auto, gpu or cpu"):
+        fidx.select_gpus("maybe", 1)
+    assert fidx.faiss_gpus() == faiss.get_num_gpus()
+    with pytest.raises(ConfigError, match="device"):
+        from genreflow.config import load_config
+
+        load_config(fidx.IndexConfig, overrides=["device=sometimes"])
+
+
+def test_cpu_builds_never_touch_the_gpu_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_gpu(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a GPU call on a CPU build")
+
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", no_gpu, raising=False)
+    x = clustered(2_000, 8, clusters=8, seed=3)
+    built = fidx.build_index(
+        blocks_of(x, 500), config=fidx.IndexConfig(index_type="ivf", tune_queries=50), gpus=0
+    )
+    assert built.gpus == 0 and built.count == 2_000
+
+
+def test_the_gpu_branch_builds_there_and_returns_a_cpu_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With GPUs (stood in for by a recording clone where there are none), the index is
+    trained and filled through the GPU clone and handed back as a CPU index."""
+    calls: list[str] = []
+    have_gpu = fidx.faiss_gpus() > 0
+    if not have_gpu:
+
+        def to_gpus(index: faiss.Index, gpus: int, plan: fidx.IndexPlan) -> faiss.Index:
+            calls.append(f"to:{gpus}:{plan.kind}")
+            return faiss.clone_index(index)
+
+        def to_cpu(index: faiss.Index) -> faiss.Index:
+            calls.append("back")
+            return index
+
+        monkeypatch.setattr(fidx, "_to_gpus", to_gpus)
+        monkeypatch.setattr(faiss, "index_gpu_to_cpu", to_cpu, raising=False)
+    x = clustered(3_000, 16, clusters=8, seed=4)
+    config = fidx.IndexConfig(index_type="ivf", tune_queries=100, device="auto")
+    gpus = 1 if not have_gpu else fidx.select_gpus("auto", fidx.faiss_gpus())
+    on_gpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=gpus)
+    on_cpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=0)
+    if not have_gpu:
+        assert calls == ["to:1:ivf", "back"]
+    assert on_gpu.gpus == gpus and on_gpu.count == on_cpu.count == 3_000
+    assert not isinstance(on_gpu.index, getattr(faiss, "GpuIndex", ()))
+    assert on_gpu.recall_at_10 >= 0.9
+    # HNSW has no GPU build: it is built on the CPU even when GPUs are asked for
+    calls.clear()
+    hnsw = fidx.build_index(
+        blocks_of(x, 1_000), config=fidx.IndexConfig(index_type="hnsw", tune_queries=50), gpus=1
+    )
+    assert hnsw.gpus == 0 and "to:1:hnsw" not in calls
+
+
+def test_reservoir_sample_is_bounded_and_uniform() -> None:
+    means = []
+    for seed in range(40):
+        sample = fidx.Reservoir(50, seed=seed)
+        for start in range(0, 1_000, 64):
+            rows = np.arange(start, min(start + 64, 1_000), dtype=np.float32)[:, None]
+            sample.add(rows, np.array([f"r{int(r)}" for r in rows[:, 0]], dtype=object))
+        assert sample.seen == 1_000 and sample.vectors is not None
+        assert len(sample.positions) == 50 == len(set(sample.positions.tolist()))
+        np.testing.assert_array_equal(sample.vectors[:, 0], sample.positions)
+        assert list(sample.labels) == [f"r{p}" for p in sample.positions]
+        means.append(sample.positions.mean())
+    assert abs(np.mean(means) - 499.5) < 30  # uniform: mean position near the middle
+
+
+def test_bad_input_errors() -> None:
+    with pytest.raises(GenreflowError, match="no embeddings"):
+        fidx.build_index(lambda: iter([]), config=fidx.IndexConfig())
+    mixed = [
+        fidx.Block(np.array(["a"], dtype=object), np.ones((1, 4), np.float32)),
+        fidx.Block(np.array(["b"], dtype=object), np.ones((1, 5), np.float32)),
+    ]
+    with pytest.raises(ShapeError, match="model_version"):
+        fidx.build_index(lambda: iter(mixed), config=fidx.IndexConfig())
+    with pytest.raises(ConfigError, match="recall_target"):
+        fidx.IndexConfig(recall_target=1.5)
+
+
+def test_search_errors_name_what_is_wrong(tmp_path: Path) -> None:
+    x = unit(np.random.default_rng(5).normal(size=(40, 8)))
+    index = loaded(fidx.build_index(blocks_of(x, 16), config=fidx.IndexConfig()), tmp_path / "v")
+    with pytest.raises(GenreflowError, match="'nope' is not in the index"):
+        index.recommend("nope", 3)
+    with pytest.raises(ShapeError, match=r"\(1, 5\).*dimension 8"):
+        index.search(np.ones((1, 5), np.float32), 3)
+    empty = fidx.LoadedIndex(
+        index=faiss.IndexFlatIP(8),
+        track_ids=np.zeros(0, dtype=object),
+        genres=np.zeros(0, dtype=object),
+        info={},
+        folder="empty",
+    )
+    with pytest.raises(GenreflowError, match="empty"):
+        empty.search(np.ones((1, 8), np.float32), 3)
+    with pytest.raises(GenreflowError, match="no index in"):
+        fidx.open_index(str(tmp_path / "missing"))
+    # asking for more neighbours than there are tracks pads with -1
+    scores, found = index.search(x[:1], 60)
+    assert np.isneginf(scores[0, 40:]).all()
+    assert found.shape == (1, 60) and (found[0, 40:] == -1).all()
+
+
+def test_publishing_is_atomic_and_keeps_recent_versions(tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    x = unit(np.random.default_rng(6).normal(size=(50, 8)))
+    names = []
+    for i in range(3):
+        built = fidx.build_index(blocks_of(x[: 20 + 10 * i], 16), config=fidx.IndexConfig())
+        name = f"v-2026010{i}T000000-abc"
+        info = fidx.manifest(built, version=name, extra={"model_version": "m"})
+        fidx.write_version(built, str(out / name), info)
+        fidx.publish(str(out), name, info, keep=2)
+        names.append(name)
+        assert fidx.open_index(str(out)).count == 20 + 10 * i
+    assert fidx.list_versions(str(out)) == names[1:]
+    # a build interrupted after writing its files but before publishing: readers still
+    # get the published index; the next publish removes the orphan
+    built = fidx.build_index(blocks_of(x, 16), config=fidx.IndexConfig())
+    orphan = "v-20260109T000000-dead"
+    fidx.write_version(built, str(out / orphan), fidx.manifest(built, version=orphan, extra={}))
+    assert fidx.open_index(str(out)).info["version"] == names[-1]
+    name = "v-20260110T000000-abc"
+    info = fidx.manifest(built, version=name, extra={})
+    fidx.write_version(built, str(out / name), info)
+    fidx.publish(str(out), name, info, keep=2)
+    assert fidx.list_versions(str(out)) == [names[-1], name]
+    assert fidx.open_index(str(out)).count == 50
