@@ -266,10 +266,67 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
             f"manifest {str(p)!r}: split values {sorted(set(df.loc[bad_split, 'split']))} "
             f"are not among {list(SPLITS)}"
         )
-    df["lyrics"] = [clean_lyrics(v) for v in df["lyrics"]]
+    lyrics = list(df["lyrics"])
+    if "lyrics_uri" in raw.columns:  # a lyrics file per track, where no lyrics column text
+        files = raw.set_index(raw["track_id"].astype("string").str.strip())["lyrics_uri"]
+        files = files[~files.index.duplicated(keep="first")]
+        for i, tid in enumerate(df["track_id"]):
+            if not _is_blank(lyrics[i]) or _is_blank(files.get(tid)):
+                continue
+            lyrics[i] = read_lyrics_file(
+                files[tid], base_dir=base, audio_root=audio_root, notes=notes
+            )
+    df["lyrics"] = clean_lyrics_column(lyrics, notes)
     _clean_valence(df, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
     return Catalog(tracks=df, problems=problem_df, notes=notes)
+
+
+def _is_blank(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return bool(pd.isna(value)) if not isinstance(value, bytes) else not value.strip()
+
+
+def read_lyrics_file(
+    uri: object, *, base_dir: Path, audio_root: str | None, notes: dict[str, int]
+) -> bytes | None:
+    """The raw bytes of one lyrics file (at most 4x ``MAX_LYRICS_CHARS``), or None (counted
+    in ``notes``) when the path is unsafe or the file cannot be read."""
+    from genreflow import storage
+    from genreflow.errors import StorageError
+
+    try:
+        path = check_uri(uri, base_dir=base_dir, audio_root=audio_root)
+        data = storage.read_bytes(path)
+    except (CatalogError, StorageError):
+        notes["lyrics_file_unreadable"] = notes.get("lyrics_file_unreadable", 0) + 1
+        return None
+    return data[: 4 * MAX_LYRICS_CHARS]
+
+
+def clean_lyrics_column(values: list[object], notes: dict[str, int]) -> list[str | None]:
+    """:func:`clean_lyrics` over a column, counting what it repaired in ``notes``:
+    ``lyrics_invalid_utf8``, ``lyrics_empty`` (given but blank), ``lyrics_truncated``."""
+    out: list[str | None] = []
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                notes["lyrics_invalid_utf8"] = notes.get("lyrics_invalid_utf8", 0) + 1
+        elif isinstance(value, str) and "\ufffd" in value:  # replaced on reading the file
+            notes["lyrics_invalid_utf8"] = notes.get("lyrics_invalid_utf8", 0) + 1
+        text = clean_lyrics(value, max_chars=MAX_LYRICS_CHARS + 1)
+        if text is None and isinstance(value, str | bytes):
+            notes["lyrics_empty"] = notes.get("lyrics_empty", 0) + 1
+        if text is not None and len(text) > MAX_LYRICS_CHARS:
+            notes["lyrics_truncated"] = notes.get("lyrics_truncated", 0) + 1
+            text = text[:MAX_LYRICS_CHARS]
+        out.append(text)
+    return out
 
 
 def _problem(track_id: object, uri: object, error: str) -> dict[str, str]:

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", help="report folder")
     _add_common(analyze)
 
+    compare = sub.add_parser("compare", help="train several models under one protocol, one table")
+    compare.add_argument("--data", help="a finished ingest output folder")
+    compare.add_argument("--out", help="comparison folder")
+    compare.add_argument("--models", help="comma-separated model names (default: all four)")
+    compare.add_argument("--folds", type=int, default=None, help="k-fold CV per model")
+    _add_common(compare)
+
     demo = sub.add_parser("demo", help="the whole pipeline on a generated demo catalog")
     demo.add_argument(
         "--out", default="genreflow-demo", help="working folder (default: %(default)s)"
@@ -119,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_recommend(args)
         if args.command == "analyze":
             return cmd_analyze(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "demo":
             return cmd_demo(args)
     except GenreflowError as exc:
@@ -223,6 +232,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     print(run_analyze(config).summary())
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from genreflow.pipelines.compare import CompareConfig, run_compare
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    config = load_config(
+        CompareConfig,
+        args.config,
+        args.overrides,
+        data=args.data,
+        out=args.out,
+        models=models,
+        folds=args.folds,
+    )
+    result = run_compare(config)
+    print(storage_text(result.files["markdown"]))
+    print(result.summary())
+    return 1 if result.failed else 0
+
+
+def storage_text(uri: str) -> str:
+    from genreflow import storage
+
+    return storage.read_bytes(uri).decode("utf-8")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

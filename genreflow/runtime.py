@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from genreflow.errors import GenreflowError
+from genreflow.errors import ConfigError, GenreflowError
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +52,31 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         resources.get("GPU", 0),
         len(ray.nodes()),
     )
+
+
+def check_actor_fit(
+    actors: int, cpus_per_actor: float, *, what: str, address: str | None = None
+) -> None:
+    """Refuse an actor pool that leaves no CPU for the stages feeding it.
+
+    Ray Data's read and decode tasks need a CPU beside the actors; a pool holding every
+    CPU waits for them forever. Checked against the CPUs the cluster has now (an
+    autoscaling cluster may grow: there it is a warning).
+
+    Raises:
+        ConfigError: on a fixed-size (local) Ray, the pool takes every CPU.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    wanted = actors * cpus_per_actor
+    if total and wanted > total - 1:
+        message = (
+            f"{what}: {actors} actor(s) x {cpus_per_actor} CPUs = {wanted:g} of the cluster's "
+            f"{total:g} CPUs, leaving less than one CPU to read the data that feeds them; "
+            "lower actors or cpus_per_actor"
+        )
+        if address or os.environ.get("RAY_ADDRESS"):
+            log.warning("%s (unless the cluster scales up)", message)
+        else:
+            raise ConfigError(message)

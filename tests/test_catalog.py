@@ -233,3 +233,36 @@ def test_assign_splits_is_artist_disjoint_stratified_and_seeded() -> None:
 def test_assign_splits_rejects_bad_fractions() -> None:
     with pytest.raises(CatalogError, match="fractions"):
         assign_splits(make_tracks(), fractions=(0.5, 0.5, 0.5))
+
+
+def test_bad_lyrics_and_valence_are_repaired_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "lyr").mkdir()
+    (tmp_path / "lyr" / "ok.txt").write_text("from a file\nsecond line", encoding="utf-8")
+    (tmp_path / "lyr" / "bad.txt").write_bytes(b"caf\xe9 \xff broken")
+    long_text = "la " * 10_000
+    rows = [
+        ("a", "a.wav", "", "", 0.5),
+        ("b", "b.wav", "   ", "", 1.7),  # blank lyrics; valence out of range
+        ("c", "c.wav", long_text, "", -0.2),
+        ("d", "d.wav", "", "lyr/ok.txt", 0.1),
+        ("e", "e.wav", "", "lyr/bad.txt", None),
+        ("f", "f.wav", "", "lyr/missing.txt", None),
+        ("g", "g.wav", "", "../../etc/passwd", None),
+    ]
+    frame = pd.DataFrame(rows, columns=["track_id", "uri", "lyrics", "lyrics_uri", "valence"])
+    frame = frame.replace("", None)
+    path = tmp_path / "m.parquet"
+    frame.to_parquet(path)
+    catalog = read_manifest(path, audio_root=str(tmp_path))
+    t = catalog.tracks.set_index("track_id")
+    assert t.loc["d", "lyrics"] == "from a file\nsecond line"
+    assert t.loc["e", "lyrics"].startswith("caf\ufffd")
+    assert pd.isna(t.loc["b", "lyrics"]) and pd.isna(t.loc["f", "lyrics"])
+    assert pd.isna(t.loc["g", "lyrics"])  # outside audio_root: never read
+    assert len(t.loc["c", "lyrics"]) == 20_000
+    assert catalog.notes["lyrics_invalid_utf8"] == 1
+    assert catalog.notes["lyrics_empty"] == 1
+    assert catalog.notes["lyrics_truncated"] == 1
+    assert catalog.notes["lyrics_file_unreadable"] == 2
+    assert catalog.notes["valence_out_of_range"] == 2
+    assert np.isnan(t.loc["b", "valence"]) and t.loc["a", "valence"] == 0.5

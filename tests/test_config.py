@@ -11,6 +11,7 @@ from genreflow.errors import ConfigError
 from genreflow.index import IndexConfig
 from genreflow.ingest import IngestConfig
 from genreflow.label import LabelConfig
+from genreflow.pipelines.compare import CompareConfig
 from genreflow.tokens import TokenSpec, preset
 from genreflow.train import TrainConfig
 
@@ -21,6 +22,7 @@ JOB_CONFIGS = {
     "label.yaml": LabelConfig,
     "index.yaml": IndexConfig,
     "analyze.yaml": AnalyzeConfig,
+    "compare.yaml": CompareConfig,
 }
 
 

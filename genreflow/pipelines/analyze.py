@@ -238,10 +238,10 @@ def _pictures(
         for r, t in enumerate(heat):
             grid[r, : len(t.weights)] = t.weights
         fig, ax = plt.subplots(figsize=(8, 0.8 + 0.35 * len(heat)))
-        image = ax.imshow(grid, aspect="auto", cmap="magma", vmin=0)
+        image = ax.imshow(grid, aspect="auto", cmap="magma")  # colour range: the weights' own
         ax.set_yticks(range(len(heat)), [f"{t.track_id} ({t.genre})" for t in heat])
         ax.set_xlabel("token (a slice of the clip, in time order)")
-        fig.colorbar(image, ax=ax, label="attention weight")
+        fig.colorbar(image, ax=ax, label=f"attention weight (uniform: {1 / n_tokens:.3f})")
         ax.set_title("Attention over each track's tokens")
         pictures["attention"] = _save(fig, out, "attention.png")
     return pictures

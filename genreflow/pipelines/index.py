@@ -17,7 +17,7 @@ from genreflow import index as fidx
 from genreflow import storage
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.pipelines.label import RUN_FILE, complete_partitions
-from genreflow.runtime import init_ray
+from genreflow.runtime import check_actor_fit, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +166,28 @@ class NeighbourSearcher:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ids = [str(t) for t in batch["track_id"]]
-        vectors = np.stack([np.asarray(e, dtype=np.float32) for e in batch["embedding"]])
+        embedding = batch["embedding"]
+        vectors = (
+            embedding
+            if isinstance(embedding, np.ndarray) and embedding.ndim == 2
+            else np.stack([np.asarray(e, dtype=np.float32) for e in embedding])
+        )
         own = np.array([self.loaded.position(t) for t in ids], dtype=np.int64)
         scores, found = self.loaded.search(vectors, self.k, exclude=own)
-        neighbours = [
+        valid = found >= 0  # [rows, k]; fewer tracks than k leaves -1 at the end
+        offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+        neighbour = pa.StructArray.from_arrays(
             [
-                {"track_id": str(self.loaded.track_ids[p]), "score": float(s)}
-                for s, p in zip(srow, frow, strict=True)
-                if p >= 0
-            ]
-            for srow, frow in zip(scores, found, strict=True)
-        ]
+                pa.array(self.loaded.track_ids[found[valid]], pa.string()),
+                pa.array(scores[valid], pa.float32()),
+            ],
+            names=["track_id", "score"],
+        )
         return pa.table(
-            {"track_id": pa.array(ids, pa.string()), "neighbours": neighbours},
+            {
+                "track_id": pa.array(ids, pa.string()),
+                "neighbours": pa.ListArray.from_arrays(pa.array(offsets), neighbour),
+            },
             schema=NEIGHBOURS_SCHEMA,
         )
 
@@ -187,6 +196,9 @@ def _neighbours_table(
     files: list[str], *, version: str, folder: str, config: fidx.IndexConfig
 ) -> int:
     init_ray(config.address, num_cpus=config.num_cpus)
+    check_actor_fit(
+        config.actors, config.cpus_per_actor, what="neighbour search", address=config.address
+    )
     import ray
     from ray.data.expressions import col
 

@@ -154,6 +154,8 @@ def run_ingest(config: IngestConfig) -> IngestResult:
                 "errors": result.errors,
                 "seconds": round(seconds, 3),
                 "error_rate_exceeded": result.failed,
+                # repaired or dropped at catalog level: bad valence, lyrics, ...
+                "catalog_notes": dict(sorted(catalog.notes.items())),
             }
         },
     )

@@ -30,7 +30,7 @@ from genreflow.catalog import read_catalog
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
 from genreflow.label import LabelConfig, Labeller, decode_for_label
-from genreflow.runtime import init_ray
+from genreflow.runtime import check_actor_fit, init_ray
 from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def run_label(config: LabelConfig) -> LabelResult:
     partition = storage.join(config.out, run_id)
 
     init_ray(config.address, num_cpus=config.num_cpus)
+    check_actor_fit(config.actors, config.cpus_per_actor, what="labelling", address=config.address)
     import ray
 
     errors = 0

@@ -170,3 +170,9 @@ def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path)
         assert genre in page
     assert "needs 4 or more genres" in page  # three genres: no analogy is possible
     assert 0 <= data["accuracy"] <= 1
+
+
+def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path) -> None:
+    # 2 CPUs: an actor holding both would leave the Parquet reads no CPU, and wait forever
+    with pytest.raises(GenreflowError, match="leaving less than one CPU"):
+        build(labels, tmp_path / "index", "cpus_per_actor=2")
