@@ -10,18 +10,22 @@ paths, lyrics are cleaned and capped.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import posixpath
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
+from genreflow import storage
 from genreflow.errors import CatalogError
 
 log = logging.getLogger(__name__)
@@ -72,9 +76,18 @@ def read_catalog(
         CatalogError: the path is missing or is not a table of tracks.
     """
     p = Path(path)
-    if not p.exists():
+    if storage.is_remote(path):
+        if not path.lower().endswith((".csv", ".tsv", ".parquet", ".pq")):
+            raise CatalogError(
+                f"catalog {path!r}: a catalog in object storage must be a .csv or .parquet "
+                "manifest (FMA metadata and folder trees are read from local paths)"
+            )
+        if not storage.exists(path):
+            raise CatalogError(f"catalog {path!r} does not exist")
+        catalog = read_manifest(path, audio_root=audio_root)
+    elif not p.exists():
         raise CatalogError(f"catalog {path!r} does not exist")
-    if p.is_dir():
+    elif p.is_dir():
         meta = _fma_metadata_dir(p)
         if meta is not None:
             audio = Path(audio_dir) if audio_dir else _default_fma_audio_dir(meta, fma_subset)
@@ -206,13 +219,15 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
     Raises:
         CatalogError: not a table, or required columns missing, or bad split values.
     """
-    p = Path(path)
+    remote = storage.is_remote(str(path))
+    p = Path(urlparse(str(path)).path) if remote else Path(path)
     try:
+        source: Any = io.BytesIO(storage.read_bytes(str(path))) if remote else p
         if p.suffix.lower() in (".parquet", ".pq"):
-            raw = pd.read_parquet(p)
+            raw = pd.read_parquet(source)
         elif p.suffix.lower() in (".csv", ".tsv", ".txt"):
             raw = pd.read_csv(
-                p,
+                source,
                 sep="\t" if p.suffix.lower() == ".tsv" else ",",
                 dtype={"track_id": str, "artist_id": str},
                 keep_default_na=True,
@@ -243,11 +258,12 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
         problems.append(_problem("", uri, "row without track_id"))
     df = df[~no_id]
 
-    base = p.resolve().parent
+    base = p.resolve().parent if not remote else p.parent
+    base_uri = posixpath.dirname(str(path)) if remote else None
     uris: list[str | None] = []
     for tid, uri in zip(df["track_id"], df["uri"], strict=True):
         try:
-            uris.append(check_uri(uri, base_dir=base, audio_root=audio_root))
+            uris.append(check_uri(uri, base_dir=base, audio_root=audio_root, base_uri=base_uri))
         except CatalogError as exc:
             problems.append(_problem(tid, uri, str(exc)))
             uris.append(None)
@@ -274,7 +290,7 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
             if not _is_blank(lyrics[i]) or _is_blank(files.get(tid)):
                 continue
             lyrics[i] = read_lyrics_file(
-                files[tid], base_dir=base, audio_root=audio_root, notes=notes
+                files[tid], base_dir=base, audio_root=audio_root, notes=notes, base_uri=base_uri
             )
     df["lyrics"] = clean_lyrics_column(lyrics, notes)
     _clean_valence(df, notes)
@@ -291,15 +307,19 @@ def _is_blank(value: object) -> bool:
 
 
 def read_lyrics_file(
-    uri: object, *, base_dir: Path, audio_root: str | None, notes: dict[str, int]
+    uri: object,
+    *,
+    base_dir: Path,
+    audio_root: str | None,
+    notes: dict[str, int],
+    base_uri: str | None = None,
 ) -> bytes | None:
     """The raw bytes of one lyrics file (at most 4x ``MAX_LYRICS_CHARS``), or None (counted
     in ``notes``) when the path is unsafe or the file cannot be read."""
-    from genreflow import storage
     from genreflow.errors import StorageError
 
     try:
-        path = check_uri(uri, base_dir=base_dir, audio_root=audio_root)
+        path = check_uri(uri, base_dir=base_dir, audio_root=audio_root, base_uri=base_uri)
         data = storage.read_bytes(path)
     except (CatalogError, StorageError):
         notes["lyrics_file_unreadable"] = notes.get("lyrics_file_unreadable", 0) + 1
@@ -338,8 +358,13 @@ def _problem(track_id: object, uri: object, error: str) -> dict[str, str]:
     }
 
 
-def check_uri(uri: object, *, base_dir: Path, audio_root: str | None = None) -> str:
+def check_uri(
+    uri: object, *, base_dir: Path, audio_root: str | None = None, base_uri: str | None = None
+) -> str:
     """Validate one manifest URI and make a relative local path absolute.
+
+    ``base_uri`` (the folder of a manifest in object storage): relative paths are keys
+    under it, and may not climb out of it with ``..``.
 
     Raises:
         CatalogError: empty, too long, control characters, an unsupported scheme, or
@@ -364,6 +389,11 @@ def check_uri(uri: object, *, base_dir: Path, audio_root: str | None = None) -> 
                 f"one of {', '.join(REMOTE_SCHEMES)}"
             )
         text = urlparse(text).path
+    if base_uri is not None and not text.startswith("/"):
+        key = posixpath.normpath(text)
+        if key.startswith(".."):
+            raise CatalogError("relative uri climbs out of the manifest's folder")
+        return f"{base_uri.rstrip('/')}/{key}"
     local = Path(text)
     resolved = (local if local.is_absolute() else base_dir / local).resolve()
     if audio_root is not None:

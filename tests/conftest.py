@@ -12,14 +12,21 @@ from tests.audio_fixtures import write_tone
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the whole session, 2 CPUs."""
+def start_session_ray() -> None:
+    """The session's local Ray: 2 CPUs, no dashboard, quiet."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session, 2 CPUs."""
+    import ray
+
+    start_session_ray()
     yield
     ray.shutdown()
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
@@ -28,6 +30,7 @@ from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
 from genreflow.runtime import init_ray
+from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
     LYRICS_COLUMN,
@@ -238,17 +241,24 @@ def _fit(
         ) from exc
 
 
-def _cache(config: TrainConfig, manifest: dict[str, Any], splits: list[str]) -> bool:
+def _cache(
+    config: TrainConfig,
+    manifest: dict[str, Any],
+    splits: list[str],
+    *,
+    limit: float = float("inf"),
+) -> bool:
     """Whether to keep the prepared splits in the object store instead of re-reading the
-    shards every epoch (re-reading costs seconds of start-up per epoch on small data)."""
+    shards every epoch (re-reading costs seconds of start-up per epoch on small data):
+    with ``cache=auto``, when they take under a quarter of it (and under ``limit`` bytes)."""
     if config.cache != "auto":
-        return config.cache == "always"
+        return config.cache == "always" and limit == float("inf")
     import ray
 
     rows = sum(manifest["counts"]["by_split"].get(s, 0) for s in splits)
     size = rows * int(np.prod(manifest["token_shape"])) * 2  # float16 tokens dominate
     capacity = ray.available_resources().get("object_store_memory", 0)
-    return size < capacity / 4
+    return size < min(capacity / 4, limit)
 
 
 def _check_resources(config: TrainConfig) -> None:
@@ -278,9 +288,14 @@ def run_train(config: TrainConfig) -> TrainResult:
     metrics: dict[str, Any] = {}
     if config.folds:
         metrics["cross_validation"] = _cross_validate(config, manifest, vocab)
-    datasets = _datasets(config, vocab, splits=["train", "val"])
-    if _cache(config, manifest, ["train", "val"]):
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    if _cache(config, manifest, ["train", "val", "test"], limit=SMALL_SPLIT_BYTES):
+        datasets = _small_datasets(config, vocab, splits=["train", "val", "test"])
+        test_ds = datasets.pop("test", None)
+    else:
+        datasets = _datasets(config, vocab, splits=["train", "val"])
+        if _cache(config, manifest, ["train", "val"]):
+            datasets = {name: ds.materialize() for name, ds in datasets.items()}
+        test_ds = None
     result = _fit(config, manifest, vocab, datasets, name="run")
     if result.error is not None:
         raise GenreflowError(f"training failed: {result.error}")
@@ -293,7 +308,8 @@ def run_train(config: TrainConfig) -> TrainResult:
     state = ckpt.load(best_path)
     test_metrics: dict[str, Any] = {"count": 0}
     if manifest["counts"]["by_split"].get("test"):
-        test_ds = _datasets(config, vocab, splits=["test"])["test"]
+        if test_ds is None:
+            test_ds = _datasets(config, vocab, splits=["test"])["test"]
 
         def batches() -> Any:
             for batch in test_ds.iter_torch_batches(batch_size=config.batch_size, device="cpu"):
@@ -387,27 +403,85 @@ def _cross_validate(
     }
 
 
-def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
-    """Rows -> the tensor columns training reads: tokens, genre_idx, mood_idx (from
+def _lyrics_bounds(config: TrainConfig, vocab: LyricsVocab | None) -> tuple[int, int]:
+    if vocab is None:
+        return 50, 20
+    hp = model_class(config.model).hyperparameters(config.preset, config.model_overrides)
+    return int(hp["max_sentences"]), int(hp["max_words"])
+
+
+def prepare_batch(
+    batch: dict[str, np.ndarray], *, vocab: LyricsVocab | None, max_sentences: int, max_words: int
+) -> dict[str, np.ndarray]:
+    """Shard rows -> the tensor columns training reads: tokens, genre_idx, mood_idx (from
     valence; -1 unknown) and, for lyrics models, lyrics ids."""
-    max_s, max_w = 50, 20
+    out = {
+        "tokens": batch["tokens"],
+        "genre_idx": np.asarray(batch["genre_idx"]).astype(np.int64),
+        "mood_idx": np.array([mood_index(v) for v in batch["valence"]], dtype=np.int64),
+    }
     if vocab is not None:
-        hp = model_class(config.model).hyperparameters(config.preset, config.model_overrides)
-        max_s, max_w = int(hp["max_sentences"]), int(hp["max_words"])
+        texts = [t if isinstance(t, str) else None for t in batch["lyrics"]]
+        out[LYRICS_COLUMN] = vocab.encode_batch(
+            texts, max_sentences=max_sentences, max_words=max_words
+        )
+    return out
 
-    def prepare(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {
-            "tokens": batch["tokens"],
-            "genre_idx": batch["genre_idx"].astype(np.int64),
-            "mood_idx": np.array([mood_index(v) for v in batch["valence"]], dtype=np.int64),
-        }
-        if vocab is not None:
-            texts = [t if isinstance(t, str) else None for t in batch["lyrics"]]
-            out[LYRICS_COLUMN] = vocab.encode_batch(texts, max_sentences=max_s, max_words=max_w)
-        return out
 
+def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
+    """A Ray dataset of shard rows -> one of the prepared tensor columns (streamed)."""
+    max_s, max_w = _lyrics_bounds(config, vocab)
     keep = TENSOR_COLUMNS + ([LYRICS_COLUMN] if vocab is not None else [])
-    return ds.map_batches(prepare, batch_format="numpy").select_columns(keep)
+    return ds.map_batches(
+        prepare_batch,
+        batch_format="numpy",
+        fn_kwargs={"vocab": vocab, "max_sentences": max_s, "max_words": max_w},
+    ).select_columns(keep)
+
+
+SMALL_SPLIT_BYTES = 256 * 2**20  # below this a split is prepared on the driver
+
+
+def _small_datasets(
+    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
+) -> dict[str, Any]:
+    """Small splits read with pyarrow and prepared on the driver, then put in the object
+    store as materialized datasets: the same rows as :func:`_datasets` without starting
+    Ray Data tasks (seconds each) for a few megabytes."""
+    import ray
+
+    columns = ["split", "tokens", "genre_idx", "valence"] + (["lyrics"] if vocab else [])
+    files = storage.list_files(storage.join(config.data, "shards"), suffix=".parquet")
+    parts: dict[str, list[pa.Table]] = {split: [] for split in splits}
+    for table in storage.read_parquet_columns(files, columns):
+        for split in splits:
+            parts[split].append(table.filter(pc.equal(table.column("split"), split)))
+    max_s, max_w = _lyrics_bounds(config, vocab)
+    out: dict[str, Any] = {}
+    for split, tables in parts.items():
+        table = pa.concat_tables(tables)
+        if table.num_rows == 0:  # an empty test split: nothing to evaluate
+            continue
+        batch = {name: table.column(name) for name in columns if name != "tokens"}
+        prepared = prepare_batch(
+            {
+                "tokens": tokens_numpy(table.column("tokens")),
+                "genre_idx": batch["genre_idx"].to_numpy(),
+                "valence": batch["valence"].to_numpy(zero_copy_only=False),
+                **({"lyrics": batch["lyrics"].to_pylist()} if vocab else {}),
+            },
+            vocab=vocab,
+            max_sentences=max_s,
+            max_words=max_w,
+        )
+        arrays = {
+            name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
+            if value.ndim > 1
+            else pa.array(value)
+            for name, value in prepared.items()
+        }
+        out[split] = ray.data.from_arrow(pa.table(arrays))
+    return out
 
 
 def _write_outputs(out: str, metrics: dict[str, Any]) -> None:

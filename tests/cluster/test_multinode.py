@@ -1,0 +1,244 @@
+"""The jobs through the Ray Jobs API on a real two-node Ray cluster on 127.0.0.1.
+
+A head (``ray start --head``) and a second node (``ray start --address ...``), each
+with one CPU, both with ``RAY_AUTH_MODE=disabled`` (as is the client), which is Ray's
+documented way to run without token authentication on a trusted network. The session's
+embedded Ray is stopped while this module runs (``ray stop`` ends every Ray process of
+the machine) and started again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from genreflow.demo_catalog import make_demo_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+SMALL = ["spec.clip_s=6", "spec.n_tokens=3", "spec.token_s=2.0", "spec.n_mels=64"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    return {**clean, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RAY, *args], env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+
+    def start(self) -> None:
+        dash_port = self.dashboard.rsplit(":", 1)[1]
+        head = ray_cli(
+            "start", "--head", "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs.rsplit(':', 1)[1]}", "--num-cpus=1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash_port}", "--disable-usage-stats",
+        )  # fmt: skip
+        assert head.returncode == 0, head.stderr[-2000:]
+        worker = ray_cli(
+            "start", f"--address={self.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+            "--resources", '{"second_node": 1}',
+        )  # fmt: skip
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status = ray_cli("status", f"--address={self.gcs}")
+            if status.returncode == 0 and "second_node" in status.stdout:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the second node never joined: {status.stdout}{status.stderr}")
+
+    def submit(self, script: str, config: str, *overrides: str) -> str:
+        job = f"genreflow-test-{uuid.uuid4().hex[:8]}"
+        proc = ray_cli(
+            "job", "submit", f"--address={self.dashboard}", f"--submission-id={job}",
+            "--working-dir", ".", "--no-wait", "--",
+            "python", script, "--config", config, *overrides,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return job
+
+    def wait(self, job: str, timeout: float = 420) -> tuple[str, str]:
+        deadline = time.time() + timeout
+        status = ""
+        while time.time() < deadline:
+            proc = ray_cli("job", "status", f"--address={self.dashboard}", job)
+            match = re.search(r"(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)", proc.stdout)
+            status = match.group(1) if match else proc.stdout + proc.stderr
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+            time.sleep(2)
+        logs = ray_cli("job", "logs", f"--address={self.dashboard}", job).stdout
+        return status, logs
+
+    def run(self, script: str, config: str, *overrides: str) -> str:
+        status, logs = self.wait(self.submit(script, config, *overrides))
+        assert status == "SUCCEEDED", logs[-4000:]
+        return logs
+
+    def task_nodes(self, name_part: str) -> set[str]:
+        """Nodes that ran finished tasks whose name contains ``name_part``."""
+        proc = ray_cli(
+            "list", "tasks", f"--address={self.dashboard}", "--format=json", "--detail",
+            "--limit=10000", "--filter", "state=FINISHED",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        tasks = json.loads(proc.stdout)
+        return {t["node_id"] for t in tasks if name_part in t["name"] and t.get("node_id")}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    import ray
+
+    from tests.conftest import start_session_ray
+
+    ray.shutdown()  # `ray stop` below would end the session's Ray anyway
+    made = Cluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        ray_cli("stop", "--force")
+        start_session_ray()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_demo_catalog(
+        tmp_path_factory.mktemp("cluster-catalog"),
+        tracks_per_genre=8,
+        artists_per_genre=8,
+        duration_s=6.0,
+        genres=["ambient", "rock"],
+    )
+
+
+def test_the_pipeline_through_the_jobs_api_on_two_nodes(
+    cluster: Cluster, catalog: Path, tmp_path: Path
+) -> None:
+    data, run, labels, index = (tmp_path / n for n in ("dataset", "run", "labels", "index"))
+    logs = cluster.run(
+        "jobs/ingest.py", "configs/ingest.yaml", f"catalog={catalog}", f"out={data}",
+        "shard_size=2", *SMALL,
+    )  # fmt: skip
+    assert "16 rows written" in logs
+    manifest = json.loads((data / "_dataset.json").read_text())
+    assert manifest["counts"]["rows"] == 16
+    shards = pd.read_parquet(data / "shards", columns=["track_id"])
+    assert sorted(shards["track_id"]) == sorted(pd.read_csv(catalog)["track_id"])
+    # the decode tasks ran on both nodes
+    assert len(cluster.task_nodes("ingest_shard")) == 2
+
+    logs = cluster.run(
+        "jobs/train.py", "configs/train.yaml", f"data={data}", f"out={run}", "epochs=2",
+        "batch_size=4",
+    )  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]).is_dir() and "test" in metrics
+
+    cluster.run(
+        "jobs/label.py", "configs/label.yaml", f"checkpoint={metrics['best_checkpoint']}",
+        f"input={data}", f"out={labels}",
+    )  # fmt: skip
+    runs = list(labels.glob("run-*/_run.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["labelled"] == 16
+
+    logs = cluster.run(
+        "jobs/build_index.py", "configs/index.yaml", f"labels={labels}", f"out={index}",
+        "neighbours=3",
+    )  # fmt: skip
+    info = json.loads((index / "index.json").read_text())
+    assert info["count"] == 16 and "recall@10" in logs
+
+
+def test_a_failing_job_reports_failed_with_its_error(cluster: Cluster, tmp_path: Path) -> None:
+    job = cluster.submit("jobs/ingest.py", "configs/ingest.yaml", "shard_sise=4")
+    status, logs = cluster.wait(job)
+    assert status == "FAILED"
+    assert "shard_sise" in logs and "shard_size" in logs
+
+
+def test_an_unreachable_cluster_is_a_clear_error(catalog: Path, tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
+         f"address={dead}", f"catalog={catalog}", f"out={tmp_path / 'o'}"],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot reach the Ray cluster at '{dead}'" in proc.stderr
+
+
+def raylets_on_port(port: int) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in cmdline and f"--node_manager_port={port}" in cmdline:
+            found.append(int(proc.info["pid"]))
+    return found
+
+
+def test_a_worker_node_killed_during_ingest(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Ray retries the lost node's tasks elsewhere; every track lands exactly once."""
+    import psutil
+
+    manifest = make_demo_catalog(
+        tmp_path_factory.mktemp("kill-catalog"), tracks_per_genre=12, artists_per_genre=12,
+        duration_s=30.0, genres=["ambient", "rock"],
+    )  # fmt: skip
+    port = free_port()
+    doomed = ray_cli(
+        "start", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        f"--node-manager-port={port}", "--resources", '{"doomed_node": 1}',
+    )  # fmt: skip
+    assert doomed.returncode == 0, doomed.stderr[-2000:]
+    pids = raylets_on_port(port)
+    assert len(pids) == 1
+    out = tmp_path / "dataset"
+    job = cluster.submit(
+        "jobs/ingest.py", "configs/ingest.yaml", f"catalog={manifest}", f"out={out}",
+        "shard_size=1",
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "shards").glob("*.parquet"))) < 3:
+        time.sleep(0.2)
+    assert list((out / "shards").glob("*.parquet")), "ingest never started writing"
+    raylet = psutil.Process(pids[0])
+    for proc in [*raylet.children(recursive=True), raylet]:
+        proc.kill()
+    status, logs = cluster.wait(job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    written = pd.read_parquet(out / "shards", columns=["track_id"])["track_id"]
+    assert sorted(written) == sorted(pd.read_csv(manifest)["track_id"])  # each exactly once
+    assert json.loads((out / "_dataset.json").read_text())["counts"]["rows"] == 24
