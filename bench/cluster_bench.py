@@ -40,6 +40,7 @@ def free_port() -> int:
 def ray(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"ray {' '.join(args)} failed: {proc.stderr[-2000:]}")
@@ -78,7 +79,7 @@ def ingest(dashboard: str, manifest: Path, out: Path) -> tuple[float, float]:
         f"catalog={manifest}", f"out={out}", "shard_size=4",
     )  # fmt: skip
     while True:
-        status = ray("job", "status", f"--address={dashboard}", job).stdout
+        status = ray("job", "status", f"--address={dashboard}", job).stdout.upper()
         if "SUCCEEDED" in status or "FAILED" in status or "STOPPED" in status:
             break
         time.sleep(0.5)

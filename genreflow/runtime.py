@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
+from urllib.parse import urlparse
 
 from genreflow.errors import ConfigError, GenreflowError
 
@@ -34,6 +36,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         return
     kwargs: dict[str, Any] = {"log_to_driver": True}
     target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        _check_reachable(target)
     try:
         if target:
             ray.init(address=target, **kwargs)
@@ -52,6 +56,21 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         resources.get("GPU", 0),
         len(ray.nodes()),
     )
+
+
+def _check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast when a ``host:port`` (or ``ray://host:port``) address does not answer:
+    ``ray.init`` would otherwise retry for minutes before giving up."""
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if address == "auto" or parsed.hostname is None or parsed.port is None:
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise GenreflowError(
+            f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}. Check the "
+            "address (`ray status --address ...`) or leave it unset to run on a local Ray."
+        ) from exc
 
 
 def check_actor_fit(

@@ -70,12 +70,23 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def _hint(exc: OSError) -> str:
+    """What to check for an object-store error (never the credentials themselves)."""
+    text = str(exc)
+    if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "403")):
+        return (
+            " (access denied: check the credentials in the environment or the instance "
+            "role, and their permissions on this bucket)"
+        )
+    return ""
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as exc:
-        raise StorageError(f"cannot reach {uri!r}: {exc}") from exc
+        raise StorageError(f"cannot reach {uri!r}: {exc}{_hint(exc)}") from exc
 
 
 def is_dir(uri: str) -> bool:
@@ -88,7 +99,7 @@ def makedirs(uri: str) -> None:
     try:
         fs.create_dir(path, recursive=True)
     except OSError as exc:
-        raise StorageError(f"cannot create {uri!r}: {exc}") from exc
+        raise StorageError(f"cannot create {uri!r}: {exc}{_hint(exc)}") from exc
 
 
 def list_files(uri: str, *, suffix: str = "") -> list[str]:
@@ -120,7 +131,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError as exc:
         raise StorageError(f"{uri!r} does not exist") from exc
     except OSError as exc:
-        raise StorageError(f"cannot read {uri!r}: {exc}") from exc
+        raise StorageError(f"cannot read {uri!r}: {exc}{_hint(exc)}") from exc
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
@@ -145,7 +156,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             with fs.open_output_stream(path) as f:
                 f.write(data)
     except OSError as exc:
-        raise StorageError(f"cannot write {uri!r}: {exc}") from exc
+        raise StorageError(f"cannot write {uri!r}: {exc}{_hint(exc)}") from exc
 
 
 def read_json(uri: str) -> Any:

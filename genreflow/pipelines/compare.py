@@ -150,11 +150,11 @@ def run_compare(config: CompareConfig) -> CompareResult:
     )
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.1f}" if column == "train_seconds" else f"{value:.3f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -179,7 +179,7 @@ def write_table(rows: list[dict[str, Any]], config: CompareConfig) -> dict[str, 
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "| " + " | ".join("---" for _ in TABLE_COLUMNS) + " |",
     ]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r[c], c) for c in TABLE_COLUMNS) + " |" for r in rows]
     markdown = storage.join(config.out, "comparison.md")
     storage.write_bytes_atomic(markdown, ("\n".join(lines) + "\n").encode())
     return {"csv": csv, "markdown": markdown}

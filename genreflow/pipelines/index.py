@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,6 @@ class IndexResult:
     info: dict[str, Any]
     neighbour_rows: int
     seconds: float
-    samples: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         info = self.info

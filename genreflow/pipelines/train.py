@@ -363,6 +363,12 @@ def _cross_validate(
     """k folds over the training split, artist-disjoint; each fold validates on itself
     and trains on the others. Returns the folds' best validation macro-F1, mean and std."""
     scores = []
+    small = _cache(config, manifest, ["train"], limit=SMALL_SPLIT_BYTES)
+    train_rows = (
+        _small_tables(config, vocab, splits=["train"], extra=["track_id", "artist_id"])["train"]
+        if small
+        else None
+    )
     for k in range(config.folds):
 
         def tag(batch: pd.DataFrame, k: int = k) -> pd.DataFrame:
@@ -371,16 +377,32 @@ def _cross_validate(
             )
             return batch.assign(in_fold=[fold_of(key, config.folds) == k for key in keys])
 
-        tagged = _read_split(
-            config,
-            "train",
-            ["track_id", "artist_id"],
-            lyrics=vocab is not None,
-        ).map_batches(tag, batch_format="pandas")
-        parts = {
-            "train": tagged.filter(lambda row: not row["in_fold"]),
-            "val": tagged.filter(lambda row: bool(row["in_fold"])),
-        }
+        if train_rows is not None:
+            keys = [
+                str(a) if a is not None else str(t)
+                for a, t in zip(
+                    train_rows.column("artist_id").to_pylist(),
+                    train_rows.column("track_id").to_pylist(),
+                    strict=True,
+                )
+            ]
+            mask = pa.array([fold_of(key, config.folds) == k for key in keys])
+            datasets = {
+                "train": _table_dataset(train_rows.filter(pc.invert(mask)), vocab, config),
+                "val": _table_dataset(train_rows.filter(mask), vocab, config),
+            }
+        else:
+            tagged = _read_split(
+                config,
+                "train",
+                ["track_id", "artist_id"],
+                lyrics=vocab is not None,
+            ).map_batches(tag, batch_format="pandas")
+            parts = {
+                "train": tagged.filter(lambda row: not row["in_fold"]),
+                "val": tagged.filter(lambda row: bool(row["in_fold"])),
+            }
+            datasets = {name: _prepare_frame(ds, vocab, config) for name, ds in parts.items()}
         fold_config = dataclasses.replace(
             config,
             out=storage.join(config.out, f"fold-{k}"),
@@ -388,7 +410,6 @@ def _cross_validate(
             resume=False,
             crash_after_epoch=None,
         )
-        datasets = {name: _prepare_frame(ds, vocab, config) for name, ds in parts.items()}
         result = _fit(fold_config, manifest, vocab, datasets, name="run")
         if result.error is not None:
             raise GenreflowError(f"cross-validation fold {k} failed: {result.error}")
@@ -442,46 +463,56 @@ def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> A
 SMALL_SPLIT_BYTES = 256 * 2**20  # below this a split is prepared on the driver
 
 
-def _small_datasets(
-    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
-) -> dict[str, Any]:
-    """Small splits read with pyarrow and prepared on the driver, then put in the object
-    store as materialized datasets: the same rows as :func:`_datasets` without starting
-    Ray Data tasks (seconds each) for a few megabytes."""
-    import ray
-
-    columns = ["split", "tokens", "genre_idx", "valence"] + (["lyrics"] if vocab else [])
+def _small_tables(
+    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str], extra: list[str]
+) -> dict[str, pa.Table]:
+    """The rows of small splits, read with pyarrow on the driver (no Ray Data tasks)."""
+    columns = ["split", "tokens", "genre_idx", "valence", *extra] + (["lyrics"] if vocab else [])
     files = storage.list_files(storage.join(config.data, "shards"), suffix=".parquet")
     parts: dict[str, list[pa.Table]] = {split: [] for split in splits}
     for table in storage.read_parquet_columns(files, columns):
         for split in splits:
             parts[split].append(table.filter(pc.equal(table.column("split"), split)))
+    return {split: pa.concat_tables(tables) for split, tables in parts.items()}
+
+
+def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
+    """Prepare rows on the driver and put them in the object store as a dataset: the same
+    rows as :func:`_prepare_frame`, without starting Ray Data tasks (seconds each) for a
+    few megabytes."""
+    import ray
+
     max_s, max_w = _lyrics_bounds(config, vocab)
-    out: dict[str, Any] = {}
-    for split, tables in parts.items():
-        table = pa.concat_tables(tables)
-        if table.num_rows == 0:  # an empty test split: nothing to evaluate
-            continue
-        batch = {name: table.column(name) for name in columns if name != "tokens"}
-        prepared = prepare_batch(
-            {
-                "tokens": tokens_numpy(table.column("tokens")),
-                "genre_idx": batch["genre_idx"].to_numpy(),
-                "valence": batch["valence"].to_numpy(zero_copy_only=False),
-                **({"lyrics": batch["lyrics"].to_pylist()} if vocab else {}),
-            },
-            vocab=vocab,
-            max_sentences=max_s,
-            max_words=max_w,
-        )
-        arrays = {
-            name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
-            if value.ndim > 1
-            else pa.array(value)
-            for name, value in prepared.items()
-        }
-        out[split] = ray.data.from_arrow(pa.table(arrays))
-    return out
+    prepared = prepare_batch(
+        {
+            "tokens": tokens_numpy(table.column("tokens")),
+            "genre_idx": table.column("genre_idx").to_numpy(),
+            "valence": table.column("valence").to_numpy(zero_copy_only=False),
+            **({"lyrics": table.column("lyrics").to_pylist()} if vocab else {}),
+        },
+        vocab=vocab,
+        max_sentences=max_s,
+        max_words=max_w,
+    )
+    arrays = {
+        name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
+        if value.ndim > 1
+        else pa.array(value)
+        for name, value in prepared.items()
+    }
+    return ray.data.from_arrow(pa.table(arrays))
+
+
+def _small_datasets(
+    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
+) -> dict[str, Any]:
+    """Prepared datasets of small splits (an empty split is left out)."""
+    tables = _small_tables(config, vocab, splits=splits, extra=[])
+    return {
+        split: _table_dataset(table, vocab, config)
+        for split, table in tables.items()
+        if table.num_rows
+    }
 
 
 def _write_outputs(out: str, metrics: dict[str, Any]) -> None:

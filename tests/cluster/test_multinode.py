@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,21 +23,20 @@ import pandas as pd
 import pytest
 
 from genreflow.demo_catalog import make_demo_catalog
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 SMALL = ["spec.clip_s=6", "spec.n_tokens=3", "spec.token_s=2.0", "spec.n_mels=64"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def env() -> dict[str, str]:
+    """The client's and the nodes' environment: no token authentication, and this
+    virtual environment first on PATH, so a job's ``python`` is the one with genreflow's
+    dependencies (on a real cluster: the image's)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    return {**clean, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
+    return {**clean, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -89,8 +87,11 @@ class Cluster:
         status = ""
         while time.time() < deadline:
             proc = ray_cli("job", "status", f"--address={self.dashboard}", job)
-            match = re.search(r"(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)", proc.stdout)
-            status = match.group(1) if match else proc.stdout + proc.stderr
+            # "Status for job 'x': RUNNING", then "Job 'x' succeeded" / "Job 'x' failed"
+            match = re.search(
+                r"\b(pending|running|succeeded|failed|stopped)\b", proc.stdout, re.IGNORECASE
+            )
+            status = match.group(1).upper() if match else proc.stdout + proc.stderr
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
             time.sleep(2)

@@ -8,6 +8,7 @@ on local paths. Credentials come from the environment only, and never reach the 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,18 +34,12 @@ from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import read_labels, run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
-from tests.conftest import start_session_ray
+from tests.conftest import free_port, start_session_ray
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["spec.clip_s=6", "spec.n_tokens=3", "spec.token_s=2.0", "spec.n_mels=64"]
 BUCKET = "genreflow-test"
 SECRET = "not-a-real-secret-9f8e7d"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +204,46 @@ def test_a_missing_bucket_is_a_clear_error_without_secrets(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "no-such-bucket" in proc.stderr and SECRET not in proc.stderr + proc.stdout
+
+
+def test_wrong_credentials_are_a_clear_error_without_secrets(
+    local_catalog: Path, tmp_path: Path
+) -> None:
+    """A server that checks credentials (moto with authentication on from the first
+    request) refuses unknown keys; the job names the path, exits 2, prints no secret."""
+    port = free_port()
+    with open(tmp_path / "server.log", "w") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+             str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        wrong = "wrong-secret-0a1b2c3d"
+        proc = subprocess.run(
+            [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
+             f"catalog={local_catalog}", f"out=s3://{BUCKET}/x", "num_cpus=1"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "RAY_ADDRESS": "", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                 "AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": wrong,
+                 "AWS_REGION": "us-east-1"},
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert f"s3://{BUCKET}/x" in proc.stderr
+    assert re.search(r"ACCESS_DENIED|InvalidAccessKeyId|AccessDenied", proc.stderr), output[-2000:]
+    assert "check the credentials" in proc.stderr
+    assert wrong not in output
