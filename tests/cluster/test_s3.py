@@ -42,19 +42,33 @@ BUCKET = "genreflow-test"
 SECRET = "not-a-real-secret-9f8e7d"
 
 
+def start_moto(log: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """moto's standalone S3 server on a free 127.0.0.1 port, once it accepts connections."""
+    port = free_port()
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+             str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        )  # fmt: skip
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            if time.time() > deadline:
+                server.terminate()
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server; Ray restarted so that its workers see the endpoint settings."""
     import ray
 
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-             str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    server, port = start_moto(tmp_path_factory.mktemp("moto") / "server.log")
     endpoint = f"http://127.0.0.1:{port}"
     settings = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -64,15 +78,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     saved = {k: os.environ.get(k) for k in settings}
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
         os.environ.update(settings)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
         ray.shutdown()
@@ -211,24 +216,8 @@ def test_wrong_credentials_are_a_clear_error_without_secrets(
 ) -> None:
     """A server that checks credentials (moto with authentication on from the first
     request) refuses unknown keys; the job names the path, exits 2, prints no secret."""
-    port = free_port()
-    with open(tmp_path / "server.log", "w") as out:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-             str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        )  # fmt: skip
+    server, port = start_moto(tmp_path / "server.log", INITIAL_NO_AUTH_ACTION_COUNT="0")
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
         wrong = "wrong-secret-0a1b2c3d"
         proc = subprocess.run(
             [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
