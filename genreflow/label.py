@@ -41,6 +41,8 @@ class LabelConfig:
     cpus_per_actor: float = 1.0
     incremental: bool = False  # skip tracks this model version already labelled
     shard_size: int = 32  # raw audio: tracks per decode task
+    inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
+    # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
     min_duration_s: float = 1.0
     allow_silent: bool = False
     max_error_rate: float = 0.2
@@ -57,6 +59,8 @@ class LabelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise ConfigError("gpus_per_actor must be >= 0 and cpus_per_actor > 0")
+        if self.inflight_gb is not None and self.inflight_gb <= 0:
+            raise ConfigError(f"inflight_gb must be > 0 (or null), got {self.inflight_gb}")
 
 
 LABELS_SCHEMA_FIELDS = [

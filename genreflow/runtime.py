@@ -8,9 +8,11 @@ that cluster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -99,3 +101,27 @@ def check_actor_fit(
             log.warning("%s (unless the cluster scales up)", message)
         else:
             raise ConfigError(message)
+
+
+@contextlib.contextmanager
+def data_memory_limit(gigabytes: float | None) -> Iterator[None]:
+    """Cap the object-store memory Ray Data executions started inside may hold.
+
+    Without a cap Ray Data lets blocks queue in front of a slow stage (a model actor)
+    up to a share of the whole object store, so a job's memory grows with the catalog
+    until that share is reached; with one, the streaming executor stops launching
+    upstream tasks once the in-flight blocks reach it. The driver's previous limits
+    are restored on exit.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.execution_options.resource_limits
+    if gigabytes is not None:
+        context.execution_options.resource_limits = before.copy(
+            object_store_memory=int(gigabytes * 2**30)
+        )
+    try:
+        yield
+    finally:
+        context.execution_options.resource_limits = before

@@ -5,8 +5,17 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, log_loss
 
+from genreflow.config import load_config
+from genreflow.errors import ConfigError
 from genreflow.models.base import ModelOutput
-from genreflow.train import balanced_class_weights, batch_loss, classification_metrics
+from genreflow.train import (
+    TrainConfig,
+    balanced_class_weights,
+    batch_dtypes,
+    batch_loss,
+    classification_metrics,
+    prefetch_batches,
+)
 
 
 def test_classification_metrics_match_sklearn() -> None:
@@ -57,3 +66,19 @@ def test_a_track_without_mood_adds_no_mood_loss() -> None:
     assert float(none_known) == pytest.approx(
         float(torch.nn.functional.cross_entropy(genre_logits, genre))
     )
+
+
+def test_batches_are_made_in_line_on_cpu_and_ahead_on_gpu() -> None:
+    default = TrainConfig()
+    assert prefetch_batches(default, torch.device("cpu")) == 0
+    assert prefetch_batches(default, torch.device("cuda")) == 1
+    assert prefetch_batches(TrainConfig(prefetch_batches=3), torch.device("cpu")) == 3
+    with pytest.raises(ConfigError, match="prefetch_batches must be >= 0"):
+        load_config(TrainConfig, overrides=["prefetch_batches=-1"])
+
+
+def test_cpu_batches_arrive_as_float32_and_gpu_batches_as_sent() -> None:
+    cpu = batch_dtypes(torch.device("cpu"))
+    assert cpu is not None and cpu["tokens"] == torch.float32
+    assert cpu["genre_idx"] == cpu["mood_idx"] == torch.long
+    assert batch_dtypes(torch.device("cuda")) is None  # float16 over the bus, cast on device

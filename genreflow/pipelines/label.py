@@ -26,11 +26,11 @@ import pyarrow.fs as pafs
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
-from genreflow.catalog import read_catalog
+from genreflow.catalog import Catalog, read_catalog
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
 from genreflow.label import LabelConfig, Labeller, decode_for_label
-from genreflow.runtime import check_actor_fit, init_ray
+from genreflow.runtime import check_actor_fit, data_memory_limit, init_ray
 from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
@@ -137,64 +137,10 @@ def run_label(config: LabelConfig) -> LabelResult:
 
     init_ray(config.address, num_cpus=config.num_cpus)
     check_actor_fit(config.actors, config.cpus_per_actor, what="labelling", address=config.address)
-    import ray
-
-    errors = 0
-    if catalog is not None:
-        tracks = catalog.tracks[~catalog.tracks["track_id"].isin(done)]
-        tracks_in = len(catalog.tracks)
-        errors += write_catalog_problems(storage.join(partition, "errors"), catalog, set())
-        chunks = [
-            tracks.iloc[i : i + config.shard_size].reset_index(drop=True)
-            for i in range(0, len(tracks), config.shard_size)
-        ]
-        todo = len(tracks)
-        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
-            decode_for_label,  # type: ignore[arg-type]
-            batch_size=None,
-            batch_format="pandas",
-            num_cpus=1,
-            fn_kwargs={
-                "spec": spec.to_dict(),
-                "errors_dir": storage.join(partition, "errors"),
-                "min_duration_s": config.min_duration_s,
-                "allow_silent": config.allow_silent,
-            },
+    with data_memory_limit(config.inflight_gb):  # before any dataset: each copies it
+        tracks_in, skipped, labelled = _write_labels(
+            config, spec, catalog, manifest if from_shards else None, done, partition
         )
-    else:
-        fs, path = storage.resolve(storage.join(config.input, "shards"))
-        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
-        tracks_in = int(manifest["counts"]["rows"])
-        todo = tracks_in - len(done)
-        if done:
-            ds = ds.map_batches(
-                _drop_done,  # type: ignore[arg-type]
-                fn_kwargs={"done": done},
-                batch_format="pandas",
-            )
-    skipped = tracks_in - todo
-    labelled = 0
-    if todo:
-        use_gpu = config.gpus_per_actor > 0
-        labels = ds.map_batches(
-            Labeller,
-            fn_constructor_kwargs={
-                "checkpoint": config.checkpoint,
-                "top_k": config.top_k,
-                "moments": config.moments,
-                "device": "cuda" if use_gpu else config.device,
-            },
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
-            num_cpus=config.cpus_per_actor,
-            num_gpus=config.gpus_per_actor if use_gpu else None,
-        )
-        fs, path = storage.resolve(partition)
-        labels.write_parquet(path, filesystem=fs)
-        files = storage.list_files(partition, suffix=".parquet")
-        labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
     error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
     errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
     seconds = time.perf_counter() - start
@@ -228,6 +174,76 @@ def run_label(config: LabelConfig) -> LabelResult:
         max_error_rate=config.max_error_rate,
         samples=_samples(partition),
     )
+
+
+def _write_labels(
+    config: LabelConfig,
+    spec: TokenSpec,
+    catalog: Catalog | None,
+    manifest: dict[str, Any] | None,
+    done: set[str],
+    partition: str,
+) -> tuple[int, int, int]:
+    """Run the label dataset into ``partition``: (tracks in, skipped, labelled)."""
+    import ray
+
+    if catalog is not None:
+        tracks = catalog.tracks[~catalog.tracks["track_id"].isin(done)]
+        tracks_in = len(catalog.tracks)
+        write_catalog_problems(storage.join(partition, "errors"), catalog, set())
+        chunks = [
+            tracks.iloc[i : i + config.shard_size].reset_index(drop=True)
+            for i in range(0, len(tracks), config.shard_size)
+        ]
+        todo = len(tracks)
+        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
+            decode_for_label,  # type: ignore[arg-type]
+            batch_size=None,
+            batch_format="pandas",
+            num_cpus=1,
+            fn_kwargs={
+                "spec": spec.to_dict(),
+                "errors_dir": storage.join(partition, "errors"),
+                "min_duration_s": config.min_duration_s,
+                "allow_silent": config.allow_silent,
+            },
+        )
+    else:
+        assert manifest is not None  # from shards
+        fs, path = storage.resolve(storage.join(config.input, "shards"))
+        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+        tracks_in = int(manifest["counts"]["rows"])
+        todo = tracks_in - len(done)
+        if done:
+            ds = ds.map_batches(
+                _drop_done,  # type: ignore[arg-type]
+                fn_kwargs={"done": done},
+                batch_format="pandas",
+            )
+    skipped = tracks_in - todo
+    labelled = 0
+    if todo:
+        use_gpu = config.gpus_per_actor > 0
+        labels = ds.map_batches(
+            Labeller,
+            fn_constructor_kwargs={
+                "checkpoint": config.checkpoint,
+                "top_k": config.top_k,
+                "moments": config.moments,
+                "device": "cuda" if use_gpu else config.device,
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.cpus_per_actor,
+            num_gpus=config.gpus_per_actor if use_gpu else None,
+        )
+        fs, path = storage.resolve(partition)
+        labels.write_parquet(path, filesystem=fs)
+        files = storage.list_files(partition, suffix=".parquet")
+        labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
+    return tracks_in, skipped, labelled
 
 
 def _drop_done(batch: pd.DataFrame, *, done: set[str]) -> pd.DataFrame:
