@@ -146,22 +146,36 @@ def pool_ingest(manifest: Path, out: Path, spec: TokenSpec, shard_size: int, wor
 
 
 class PeakRss:
-    """Samples the summed RSS of this process tree and every Ray process."""
+    """Samples the summed memory of this process tree and every Ray process it started.
 
-    def __init__(self) -> None:
+    ``peak`` sums RSS, which counts a shared page (Ray's object store is shared memory)
+    once in every process that touched it; ``peak_pss`` (with ``pss=True``) sums PSS,
+    which splits each shared page between the processes mapping it, so shared pages
+    count once: the machine's memory actually in use.
+    """
+
+    def __init__(self, *, pss: bool = False) -> None:
         self.peak = 0
+        self.peak_pss = 0
+        self._pss = pss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total = total_pss = 0
             procs = [me, *me.children(recursive=True)]
             for proc in procs:
                 with contextlib.suppress(psutil.Error):  # a process may end meanwhile
-                    total += proc.memory_info().rss
+                    if self._pss:
+                        info = proc.memory_full_info()
+                        total_pss += info.pss
+                        total += info.rss
+                    else:
+                        total += proc.memory_info().rss
             self.peak = max(self.peak, total)
+            self.peak_pss = max(self.peak_pss, total_pss)
             time.sleep(0.1)
 
     def __enter__(self) -> PeakRss:

@@ -43,8 +43,11 @@ from genreflow.train import TrainConfig, batch_loss
 WORK = Path(__file__).resolve().parent / "_work" / "train"
 
 
-def plain_loop(data: Path, *, epochs: int, batch_size: int, threads: int) -> tuple[float, int]:
-    """Seconds per step of a plain in-process loop over the training split."""
+def plain_loop(
+    data: Path, *, epochs: int, batch_size: int, threads: int
+) -> tuple[float, float, int]:
+    """Seconds per step of a plain in-process loop over the training split: whole steps
+    (batch indexing included) and compute only (forward, backward, optimizer step)."""
     torch.set_num_threads(threads)
     table = pq.read_table(data / "shards")
     train = table.filter(np.array([s == "train" for s in table.column("split").to_pylist()]))
@@ -60,48 +63,42 @@ def plain_loop(data: Path, *, epochs: int, batch_size: int, threads: int) -> tup
     )
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as training does
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-3)
-    steps, start = 0, 0.0
+    steps, start, computed = 0, 0.0, 0.0
     for epoch in range(epochs):
         if epoch == 1:  # the first epoch warms the allocator, as Ray Train's does
-            start, steps = time.perf_counter(), 0
+            start, steps, computed = time.perf_counter(), 0, 0.0
         order = torch.randperm(len(genre))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            out = model(tokens[idx])
-            loss = batch_loss(out, genre[idx], mood[idx], class_weights=None, mood_loss_weight=1)
-            optimizer.zero_grad()
+            batch, g, m = tokens[idx], genre[idx], mood[idx]
+            step_start = time.perf_counter()
+            out = model(batch)
+            loss = batch_loss(out, g, m, class_weights=None, mood_loss_weight=1)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            float(loss.detach())
+            computed += time.perf_counter() - step_start
             steps += 1
-    return (time.perf_counter() - start) / steps, steps
+    return (time.perf_counter() - start) / steps, computed / steps, steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tracks-per-genre", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
-    cores = os.cpu_count() or 1
-    manifest = make_demo_catalog(WORK / "catalog", tracks_per_genre=args.tracks_per_genre)
-    data = WORK / "dataset"
-    run_ingest(load_config(IngestConfig, catalog=str(manifest), out=str(data)))
-
-    plain_step, plain_steps = plain_loop(
-        data, epochs=args.epochs, batch_size=args.batch_size, threads=cores
-    )
-    out = WORK / "ray-run"
+def ray_train(
+    data: Path, out: Path, *, epochs: int, batch_size: int, cores: int, extra: list[str]
+) -> dict[str, float]:
+    """One Ray Train run; per-step times over the epochs after the first."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     result = run_train(
         load_config(
             TrainConfig,
             overrides=[
-                f"epochs={args.epochs}",
-                f"batch_size={args.batch_size}",
+                f"epochs={epochs}",
+                f"batch_size={batch_size}",
                 "lr=0.003",
                 f"cpus_per_worker={cores}",
                 "class_weighting=none",
+                *extra,
             ],
             data=str(data),
             out=str(out),
@@ -110,33 +107,100 @@ def main() -> None:
     wall = time.perf_counter() - started
     history = result.metrics["history"]
     later = history[1:] or history  # skip the warm-up epoch, as the plain loop does
-    ray_step = sum(h["train_seconds"] for h in later) / sum(h["steps"] for h in later)
-    ray_wait = sum(h["data_wait_seconds"] for h in later) / sum(h["steps"] for h in later)
-    steady = sum(h["train_seconds"] - h["first_batch_wait_seconds"] for h in later) / sum(
-        h["steps"] for h in later
+    steps = sum(h["steps"] for h in later)
+    first = sum(h["first_batch_wait_seconds"] for h in later)
+    return {
+        "step": sum(h["train_seconds"] for h in later) / steps,
+        "wait": sum(h["data_wait_seconds"] for h in later) / steps,
+        "compute": sum(h["compute_seconds"] for h in later) / steps,
+        "steady": (sum(h["train_seconds"] for h in later) - first) / steps,
+        "steady_wait": (sum(h["data_wait_seconds"] for h in later) - first) / steps,
+        "fixed": wall - sum(h["train_seconds"] for h in history),
+        "steps": steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tracks-per-genre", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating plain/Ray pairs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of both loops (= cpus_per_worker); 0: every core",
     )
-    steady_wait = sum(h["data_wait_seconds"] - h["first_batch_wait_seconds"] for h in later) / sum(
-        h["steps"] for h in later
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="Ray Train settings to compare, as 'key=value,key=value' (repeatable); "
+        "default: the config's defaults",
     )
-    epoch_time = sum(h["train_seconds"] for h in history)
+    args = parser.parse_args()
+    cores = args.threads or os.cpu_count() or 1
+    manifest = make_demo_catalog(WORK / "catalog", tracks_per_genre=args.tracks_per_genre)
+    data = WORK / "dataset"
+    run_ingest(load_config(IngestConfig, catalog=str(manifest), out=str(data)))
+
+    variants = args.variant or [""]
+    plain_runs: list[tuple[float, float, int]] = []
+    ray_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for _ in range(args.repeats):  # alternate, so drifts of a shared machine hit all
+        plain_runs.append(
+            plain_loop(data, epochs=args.epochs, batch_size=args.batch_size, threads=cores)
+        )
+        for variant in variants:
+            ray_runs[variant].append(
+                ray_train(
+                    data,
+                    WORK / "ray-run",
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    cores=cores,
+                    extra=[kv for kv in variant.split(",") if kv],
+                )
+            )
+    plain_step = float(np.median([r[0] for r in plain_runs]))
+    plain_compute = float(np.median([r[1] for r in plain_runs]))
+
+    spec = json.loads((data / "_dataset.json").read_text())["token_spec"]
     print(
-        f"\nmachine: {platform.machine()}, {cores} cores, torch {torch.__version__}; "
-        f"tiny signature_attention, tokens {result.metrics['token_spec']['n_tokens']}x"
-        f"{result.metrics['token_spec']['n_mels']}, batch {args.batch_size}, "
-        f"{plain_steps} steps measured per loop"
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"{cores} torch threads in each loop; "
+        f"tiny signature_attention, tokens {spec['n_tokens']}x{spec['n_mels']}, "
+        f"batch {args.batch_size}, {plain_runs[0][2]} steps measured per loop, "
+        f"medians of {args.repeats} alternating runs (ratios: run by run, then their median)"
     )
-    print("\n| measure | value |\n| --- | --- |")
-    print(f"| plain PyTorch loop, s/step (baseline) | {plain_step:.3f} |")
-    print(f"| Ray Train, s/step (incl. waiting for data) | {ray_step:.3f} |")
-    print(f"| ratio Ray Train / plain | {ray_step / plain_step:.2f} |")
-    print(f"| Ray Train: waiting for batches, s/step | {ray_wait:.3f} |")
-    print(
-        f"| Ray Train without each epoch's first batch (shuffle-buffer fill), s/step | "
-        f"{steady:.3f} |"
-    )
-    print(f"| ratio, steady state | {steady / plain_step:.2f} |")
-    print(f"| Ray Train: waiting for batches after the first, s/step | {steady_wait:.3f} |")
-    print(f"| Ray Train: fixed start and end (wall - epochs), s | {wall - epoch_time:.1f} |")
+    for variant, runs in ray_runs.items():
+
+        def ray(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return float(np.median([r[key] for r in runs]))
+
+        def ratio(key: str, base: int, runs: list[dict[str, float]] = runs) -> str:
+            each = [r[key] / p[base] for r, p in zip(runs, plain_runs, strict=True)]
+            return " ".join(f"{x:.3f}" for x in each) + f" → **{np.median(each):.3f}**"
+
+        print(f"\nRay Train with {variant or 'the default config'}:")
+        print("\n| measure | plain | Ray Train | ratio |\n| --- | --- | --- | --- |")
+        rows = [
+            ("s/step, whole steps", plain_step, ray("step"), ratio("step", 0)),
+            (
+                "s/step, without each epoch's first batch",
+                plain_step,
+                ray("steady"),
+                ratio("steady", 0),
+            ),
+            ("s/step, compute only", plain_compute, ray("compute"), ratio("compute", 1)),
+        ]
+        for name, base, value, text in rows:
+            print(f"| {name} | {base:.4f} | {value:.4f} | {text} |")
+        plain_wait = plain_step - plain_compute
+        print(f"| waiting for batches, s/step | {plain_wait:.4f} | {ray('wait'):.4f} | |")
+        print(f"| waiting after each epoch's first batch, s/step | | {ray('steady_wait'):.4f} | |")
+        print(f"| fixed start and end (wall - epochs), s | | {ray('fixed'):.1f} | |")
 
 
 if __name__ == "__main__":
