@@ -58,13 +58,13 @@ def test_a_track_without_mood_adds_no_mood_loss() -> None:
     known_only = torch.nn.functional.cross_entropy(
         genre_logits, genre
     ) + torch.nn.functional.cross_entropy(mood_logits[:2], torch.tensor([2, 0]))
-    assert float(with_unknown) == pytest.approx(float(known_only), rel=1e-5)
+    assert with_unknown.item() == pytest.approx(known_only.item(), rel=1e-5)
     none_known = batch_loss(
         out, genre, torch.tensor([-1, -1, -1]), class_weights=None, mood_loss_weight=1.0
     )
     assert torch.isfinite(none_known)
-    assert float(none_known) == pytest.approx(
-        float(torch.nn.functional.cross_entropy(genre_logits, genre))
+    assert none_known.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(genre_logits, genre).item()
     )
 
 
