@@ -1,0 +1,58 @@
+"""Parquet files as genreflow writes them: exact round trips, encodings chosen per column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genreflow import storage
+from genreflow.schema import shard_schema, tokens_array, tokens_numpy
+from genreflow.tokens import TokenSpec
+
+
+def test_token_shards_round_trip_and_only_non_float_columns_use_dictionaries(
+    tmp_path: Path,
+) -> None:
+    spec = TokenSpec(n_tokens=2, n_mels=8, token_s=0.5, clip_s=1.0)
+    rows = 6
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(-40, 20, (rows, *spec.token_shape)).astype(np.float16)
+    columns = {
+        "track_id": pa.array([f"t{i}" for i in range(rows)]),
+        "split": pa.array(["train"] * rows),
+        "genre": pa.array(["rock", "jazz"] * 3),
+        "genre_idx": pa.array([0, 1] * 3, pa.int32()),
+        "artist_id": pa.array(["a"] * rows),
+        "valence": pa.array([0.5] * rows, pa.float32()),
+        "lyrics": pa.array([None] * rows, pa.string()),
+        "uri": pa.array([f"/music/{i}.mp3" for i in range(rows)]),
+        "duration_s": pa.array([1.0] * rows, pa.float32()),
+        "tokens": tokens_array(tokens, spec),
+    }
+    table = pa.Table.from_pydict(columns, schema=shard_schema(spec))
+    path = tmp_path / "shard.parquet"
+
+    storage.write_parquet_atomic(table, str(path))
+
+    back = pq.read_table(path)
+    assert back.equals(table)
+    np.testing.assert_array_equal(tokens_numpy(back.column("tokens")), tokens)
+    encodings = {
+        chunk.path_in_schema.split(".")[0]: chunk.encodings
+        for chunk in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(10))
+    }
+    assert "RLE_DICTIONARY" not in encodings["tokens"]
+    assert "RLE_DICTIONARY" not in encodings["valence"]
+    assert "RLE_DICTIONARY" in encodings["genre"]
+    assert storage.dictionary_columns(table.schema) == [
+        "track_id",
+        "split",
+        "genre",
+        "genre_idx",
+        "artist_id",
+        "lyrics",
+        "uri",
+    ]
