@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from genreflow.errors import ConfigError, ShapeError
 from genreflow.models import MODELS, build_model, count_parameters
+from genreflow.models.base import fuse_for_inference
 from genreflow.models.lyrics import LyricsVocab
 from genreflow.tokens import TokenSpec
 
@@ -155,8 +157,38 @@ def test_bad_input_names_the_expected_shape(name: str) -> None:
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ShapeError, match="NaN"):
         model(bad)
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ShapeError, match="NaN or infinite"):
+        model(bad)
+    huge = torch.full((1, *SPEC.token_shape), 3e38)  # finite, though their sum is not
+    model.check_tokens(huge)  # type: ignore[operator]
     with pytest.raises(ShapeError, match="5 genre classes"):
         model.check_targets(torch.tensor([0, 7]))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inference_fusion_keeps_the_outputs(name: str, preset: str) -> None:
+    model = make(name, preset)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # batch statistics far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    model.eval()
+    x, words = tokens(3), lyrics(3)
+    with torch.no_grad():
+        before = model(x, lyrics=words)
+        fused = fuse_for_inference(copy.deepcopy(model)).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        after = fused(x, lyrics=words)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for a, b in zip(before, after, strict=True):
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_for_inference(make(name, preset).train())
 
 
 def test_bad_model_configs() -> None:
