@@ -23,6 +23,7 @@ from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.errors import AudioError, ConfigError
 from genreflow.ingest import error_table, shard_name, tokenize_track
+from genreflow.models.base import fuse_for_inference
 from genreflow.tokens import TokenSpec
 
 
@@ -36,13 +37,16 @@ class LabelConfig:
     top_k: int = 3
     moments: int = 3  # signature moments per track
     batch_size: int = 32  # tracks per model call
-    actors: int = 1  # model actors (one model copy each)
+    actors: int | None = None  # model actors (one model copy each); None: see plan_actors
     gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
+    read_cpus: float = 0.25  # CPUs reserved per shard-read task
+    torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
     shard_size: int = 32  # raw audio: tracks per decode task
     inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
     # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
+    block_mb: float = 16.0  # target size of the blocks streaming to the model actors
     min_duration_s: float = 1.0
     allow_silent: bool = False
     max_error_rate: float = 0.2
@@ -55,12 +59,45 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         for name in ("top_k", "moments", "batch_size", "actors", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
-            raise ConfigError("gpus_per_actor must be >= 0 and cpus_per_actor > 0")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        for name in ("cpus_per_actor", "read_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be >= 1 (or null), got {self.torch_threads}")
+        if self.block_mb <= 0:
+            raise ConfigError(f"block_mb must be > 0, got {self.block_mb}")
         if self.inflight_gb is not None and self.inflight_gb <= 0:
             raise ConfigError(f"inflight_gb must be > 0 (or null), got {self.inflight_gb}")
+
+
+def plan_actors(
+    config: LabelConfig, *, cluster_cpus: float, cluster_gpus: float, from_shards: bool
+) -> tuple[int, float]:
+    """How many model actors and how many CPUs each: the config's values where set.
+
+    On GPUs: one actor per ``gpus_per_actor`` of the cluster's GPUs, one CPU each. On
+    CPUs an actor runs one torch thread, so it reserves half a CPU and the tasks that
+    feed it (shard reads, at ``read_cpus`` each) run beside it. Several single-threaded
+    actors keep every core busy where one multi-threaded actor would stall its threads
+    whenever a read takes a core. From shards: one actor per CPU, leaving at least one
+    CPU to the reads. From raw audio, decoding costs about ten times the model per
+    track, so one actor per ten CPUs.
+    """
+    if config.gpus_per_actor > 0:
+        actors = config.actors or max(1, int(cluster_gpus / config.gpus_per_actor))
+        return actors, config.cpus_per_actor or 1.0
+    cpus = config.cpus_per_actor or 0.5
+    if config.actors is not None:
+        return config.actors, cpus
+    if from_shards:
+        return max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus))), cpus
+    return max(1, round(cluster_cpus / 10)), cpus
 
 
 LABELS_SCHEMA_FIELDS = [
@@ -118,12 +155,25 @@ class Labeller:
     hands it ``dict[str, np.ndarray]`` batches with ``track_id``, ``tokens``,
     ``duration_s`` and, for lyrics models, ``lyrics``)."""
 
-    def __init__(self, checkpoint: str, *, top_k: int, moments: int, device: str = "auto") -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        top_k: int,
+        moments: int,
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.loaded = ckpt.load_model(checkpoint)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = self.loaded.model.to(self.device)
+        # batch norm folded into the convolutions, and channels_last as in training
+        # (the conv stacks run 1.2-1.8x faster on CPU)
+        model = fuse_for_inference(self.loaded.model)
+        self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.top_k = min(top_k, len(self.loaded.genres))
         self.moments = moments
 

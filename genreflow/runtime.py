@@ -75,27 +75,49 @@ def _check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
+def ray_resources() -> dict[str, float]:
+    """The resources of the Ray cluster this process is connected to (``CPU``, ``GPU``...)."""
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
 def check_actor_fit(
-    actors: int, cpus_per_actor: float, *, what: str, address: str | None = None
+    actors: int,
+    cpus_per_actor: float,
+    *,
+    what: str,
+    address: str | None = None,
+    feed_cpus: float = 1.0,
+    gpus_per_actor: float = 0.0,
 ) -> None:
     """Refuse an actor pool that leaves no CPU for the stages feeding it.
 
-    Ray Data's read and decode tasks need a CPU beside the actors; a pool holding every
-    CPU waits for them forever. Checked against the CPUs the cluster has now (an
-    autoscaling cluster may grow: there it is a warning).
+    Ray Data's read and decode tasks need CPUs beside the actors (``feed_cpus`` for one
+    such task); a pool holding them all waits forever. Checked against the CPUs the
+    cluster has now (an autoscaling cluster may grow: there it is a warning).
 
     Raises:
         ConfigError: on a fixed-size (local) Ray, the pool takes every CPU.
     """
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 0.0))
-    wanted = actors * cpus_per_actor
-    if total and wanted > total - 1:
+    resources = ray_resources()
+    gpus, gpus_wanted = resources.get("GPU", 0.0), actors * gpus_per_actor
+    if gpus_wanted > gpus:
         message = (
-            f"{what}: {actors} actor(s) x {cpus_per_actor} CPUs = {wanted:g} of the cluster's "
-            f"{total:g} CPUs, leaving less than one CPU to read the data that feeds them; "
-            "lower actors or cpus_per_actor"
+            f"{what}: {actors} actor(s) x {gpus_per_actor:g} GPUs = {gpus_wanted:g} GPUs, and "
+            f"the cluster has {gpus:g}; set gpus_per_actor=0 to run the model on CPUs"
+        )
+        if address or os.environ.get("RAY_ADDRESS"):
+            log.warning("%s (unless the cluster scales up)", message)
+        else:
+            raise ConfigError(message)
+    total = resources.get("CPU", 0.0)
+    wanted = actors * cpus_per_actor
+    if total and wanted > total - feed_cpus:
+        message = (
+            f"{what}: {actors} actor(s) x {cpus_per_actor:g} CPUs = {wanted:g} of the cluster's "
+            f"{total:g} CPUs, leaving less than the {feed_cpus:g} CPU a task reading the data "
+            "that feeds them needs; lower actors or cpus_per_actor"
         )
         if address or os.environ.get("RAY_ADDRESS"):
             log.warning("%s (unless the cluster scales up)", message)
@@ -103,25 +125,57 @@ def check_actor_fit(
             raise ConfigError(message)
 
 
+def read_parquet(
+    paths: str | list[str], *, filesystem: Any, columns: list[str], num_cpus: float = 1.0
+) -> Any:
+    """``ray.data.read_parquet`` through Ray Data's task-based Parquet reader.
+
+    Ray 2.60's default reader (``use_datasource_v2``) lists files by starting a pool of
+    32 footer-reader actors for every read: about 10 s before the first block on a
+    2-core machine, paid by every training, label and index run. The task-based reader
+    reads footers where it reads the data and has its first block in 0.5 s
+    (bench/RESULTS.md); it pushes column selection and row filters into the read as
+    well.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    context.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(
+            paths, filesystem=filesystem, columns=columns, num_cpus=num_cpus
+        )
+    finally:
+        context.use_datasource_v2 = before
+
+
 @contextlib.contextmanager
-def data_memory_limit(gigabytes: float | None) -> Iterator[None]:
-    """Cap the object-store memory Ray Data executions started inside may hold.
+def data_memory_limit(gigabytes: float | None, *, block_mb: float | None = None) -> Iterator[None]:
+    """Cap the object-store memory Ray Data executions started inside may hold, and
+    optionally the size of the blocks they make.
 
     Without a cap Ray Data lets blocks queue in front of a slow stage (a model actor)
     up to a share of the whole object store, so a job's memory grows with the catalog
     until that share is reached; with one, the streaming executor stops launching
-    upstream tasks once the in-flight blocks reach it. The driver's previous limits
+    upstream tasks once the in-flight blocks reach it. Smaller blocks (``block_mb``;
+    Ray Data's default is 128 MiB) reach the next stage sooner, so a model starts on
+    the first tracks read instead of the first 128 MiB. The driver's previous settings
     are restored on exit.
     """
     import ray.data
 
     context = ray.data.DataContext.get_current()
     before = context.execution_options.resource_limits
+    block_before = context.target_max_block_size
     if gigabytes is not None:
         context.execution_options.resource_limits = before.copy(
             object_store_memory=int(gigabytes * 2**30)
         )
+    if block_mb is not None:
+        context.target_max_block_size = int(block_mb * 2**20)
     try:
         yield
     finally:
         context.execution_options.resource_limits = before
+        context.target_max_block_size = block_before

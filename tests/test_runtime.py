@@ -16,3 +16,7 @@ def test_memory_limit_reaches_datasets_made_inside_and_is_restored() -> None:
     assert context.execution_options.resource_limits.object_store_memory == before
     with data_memory_limit(None):
         assert context.execution_options.resource_limits.object_store_memory == before
+    blocks = context.target_max_block_size
+    with data_memory_limit(None, block_mb=16):
+        assert ray.data.range(4).context.target_max_block_size == 16 * 2**20
+    assert context.target_max_block_size == blocks

@@ -14,7 +14,9 @@ does its tracks again, so every track is labelled exactly once per model version
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,8 +31,14 @@ from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
-from genreflow.label import LabelConfig, Labeller, decode_for_label
-from genreflow.runtime import check_actor_fit, data_memory_limit, init_ray
+from genreflow.label import LabelConfig, Labeller, decode_for_label, plan_actors
+from genreflow.runtime import (
+    check_actor_fit,
+    data_memory_limit,
+    init_ray,
+    ray_resources,
+    read_parquet,
+)
 from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,16 @@ def _delete_tree(uri: str) -> None:
         fs.delete_dir(path)
 
 
+LABEL_FILE_ROWS = 4096
+
+
+def decode_task_memory(spec: TokenSpec, tracks: int) -> int:
+    """Bytes one decode task holds at most: a clip's audio at 48 kHz stereo float32,
+    decoded and resampled, and the float16 tokens of every track of its batch."""
+    audio = int(spec.clip_s * 48_000 * 2 * 4) * 2
+    return audio + tracks * 2 * math.prod(spec.token_shape)
+
+
 def run_label(config: LabelConfig) -> LabelResult:
     """Label ``config.input`` with ``config.checkpoint`` into a new partition of ``config.out``."""
     start = time.perf_counter()
@@ -136,8 +154,30 @@ def run_label(config: LabelConfig) -> LabelResult:
     partition = storage.join(config.out, run_id)
 
     init_ray(config.address, num_cpus=config.num_cpus)
-    check_actor_fit(config.actors, config.cpus_per_actor, what="labelling", address=config.address)
-    with data_memory_limit(config.inflight_gb):  # before any dataset: each copies it
+    resources = ray_resources()
+    actors, cpus_per_actor = plan_actors(
+        config,
+        cluster_cpus=resources.get("CPU", 0.0),
+        cluster_gpus=resources.get("GPU", 0.0),
+        from_shards=from_shards,
+    )
+    check_actor_fit(
+        actors,
+        cpus_per_actor,
+        what="labelling",
+        address=config.address,
+        feed_cpus=config.read_cpus if from_shards else 1.0,
+        gpus_per_actor=config.gpus_per_actor,
+    )
+    log.info(
+        "labelling with %d model actor(s), %g CPU(s)%s each",
+        actors,
+        cpus_per_actor,
+        f" and {config.gpus_per_actor:g} GPU" if config.gpus_per_actor else "",
+    )
+    config = dataclasses.replace(config, actors=actors, cpus_per_actor=cpus_per_actor)
+    # before any dataset is made: each copies Ray Data's context
+    with data_memory_limit(config.inflight_gb, block_mb=config.block_mb):
         tracks_in, skipped, labelled = _write_labels(
             config, spec, catalog, manifest if from_shards else None, done, partition
         )
@@ -201,6 +241,10 @@ def _write_labels(
             batch_size=None,
             batch_format="pandas",
             num_cpus=1,
+            # Decoding declares its memory: remote arguments unlike the model actor's
+            # keep it a stage of its own, on every free CPU. Ray Data otherwise fuses a
+            # task stage into the actor stage after it, and one actor decodes alone.
+            memory=decode_task_memory(spec, config.shard_size),
             fn_kwargs={
                 "spec": spec.to_dict(),
                 "errors_dir": storage.join(partition, "errors"),
@@ -212,12 +256,12 @@ def _write_labels(
         assert manifest is not None  # from shards
         fs, path = storage.resolve(storage.join(config.input, "shards"))
         columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+        ds = read_parquet(path, filesystem=fs, columns=columns, num_cpus=config.read_cpus)
         tracks_in = int(manifest["counts"]["rows"])
         todo = tracks_in - len(done)
         if done:
             ds = ds.map_batches(
-                _drop_done,  # type: ignore[arg-type]
+                _drop_done,
                 fn_kwargs={"done": done},
                 batch_format="pandas",
             )
@@ -225,6 +269,7 @@ def _write_labels(
     labelled = 0
     if todo:
         use_gpu = config.gpus_per_actor > 0
+        cpus = config.cpus_per_actor or 1.0  # set by run_label's plan
         labels = ds.map_batches(
             Labeller,
             fn_constructor_kwargs={
@@ -232,15 +277,17 @@ def _write_labels(
                 "top_k": config.top_k,
                 "moments": config.moments,
                 "device": "cuda" if use_gpu else config.device,
+                "threads": config.torch_threads or max(1, math.ceil(cpus)),
             },
             batch_size=config.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=config.actors),
-            num_cpus=config.cpus_per_actor,
+            num_cpus=cpus,
             num_gpus=config.gpus_per_actor if use_gpu else None,
         )
         fs, path = storage.resolve(partition)
-        labels.write_parquet(path, filesystem=fs)
+        # label rows are small: files of a few thousand rows, not one per model batch
+        labels.write_parquet(path, filesystem=fs, min_rows_per_file=LABEL_FILE_ROWS)
         files = storage.list_files(partition, suffix=".parquet")
         labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
     return tracks_in, skipped, labelled

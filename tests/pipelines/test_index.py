@@ -174,5 +174,5 @@ def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path)
 
 def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path) -> None:
     # 2 CPUs: an actor holding both would leave the Parquet reads no CPU, and wait forever
-    with pytest.raises(GenreflowError, match="leaving less than one CPU"):
+    with pytest.raises(GenreflowError, match="leaving less than the 1 CPU"):
         build(labels, tmp_path / "index", "cpus_per_actor=2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ import torch
 
 from genreflow import checkpoint as ckpt
 from genreflow.config import load_config
-from genreflow.errors import SpecMismatchError
+from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.ingest import IngestConfig
-from genreflow.label import LabelConfig
+from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import RUN_FILE, complete_partitions, read_labels, run_label
 from genreflow.schema import tokens_numpy
@@ -86,6 +87,26 @@ def test_labels_equal_the_in_process_model(
     assert record["labelled"] == len(ids) and record["model_version"] == loaded.version
 
 
+def test_a_cpu_labeller_runs_on_the_threads_it_is_given(trained_checkpoint: str) -> None:
+    before = torch.get_num_threads()
+    try:
+        labeller = Labeller(trained_checkpoint, top_k=1, moments=1, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in labeller.model.modules())
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="torch_threads"):
+        LabelConfig(torch_threads=0)
+
+
+def test_a_pool_asking_for_missing_gpus_is_refused_before_it_starts(
+    trained_checkpoint: str, dataset: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="the cluster has 0; set gpus_per_actor=0"):
+        label(trained_checkpoint, dataset, tmp_path / "labels", "gpus_per_actor=1")
+    assert not list((tmp_path / "labels").glob("run-*/*.parquet"))
+
+
 def write_catalog(tmp_path: Path, dataset_manifest: Path, n: int) -> Path:
     rows = pd.read_csv(dataset_manifest).head(n)
     rows["uri"] = [str(dataset_manifest.parent / u) for u in rows["uri"]]
@@ -120,6 +141,27 @@ def test_incremental_runs_label_only_new_tracks_exactly_once(
     assert len(complete_partitions(str(out))) == 4
 
 
+class PlanRecorder(logging.Handler):
+    """Collects the execution plans Ray Data logs (its loggers do not propagate)."""
+
+    logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Execution plan" in record.getMessage():
+            self.text += record.getMessage() + "\n"
+
+    def __enter__(self) -> PlanRecorder:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+
 def test_bad_audio_becomes_error_rows(
     trained_checkpoint: str, dataset: Path, tmp_path: Path
 ) -> None:
@@ -141,8 +183,19 @@ def test_bad_audio_becomes_error_rows(
     )
     catalog = tmp_path / "catalog.csv"
     pd.concat([good, bad]).to_csv(catalog, index=False)
-    result = label(trained_checkpoint, catalog, tmp_path / "labels", "max_error_rate=0.9")
+    plans = PlanRecorder()
+    with plans:
+        result = label(
+            trained_checkpoint,
+            catalog,
+            tmp_path / "labels",
+            "max_error_rate=0.9",
+            "cpus_per_actor=1",  # the decode tasks' CPUs: still two stages
+        )
     assert result.labelled == 3 and result.errors == 4 and not result.failed
+    # decoding is a task stage of its own (on every free CPU), not fused into the actors
+    assert "TaskPoolMapOperator[MapBatches(decode_for_label)] -> " in plans.text
+    assert "ActorPoolMapOperator[MapBatches(Labeller)]" in plans.text
     errors = pq.read_table(Path(result.partition) / "errors").to_pandas()
     assert dict(zip(errors["track_id"], errors["kind"], strict=True)) == {
         "corrupt": "undecodable",
