@@ -29,7 +29,7 @@ from genreflow.errors import ConfigError, GenreflowError
 from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
-from genreflow.runtime import init_ray
+from genreflow.runtime import init_ray, read_parquet
 from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
@@ -139,13 +139,12 @@ def _read_split(
     config: TrainConfig, split: str, extra: list[str] | None = None, *, lyrics: bool
 ) -> Any:
     """One split of the shards, only the columns named (Ray pushes both into the reader)."""
-    import ray
     from ray.data.expressions import col
 
     fs, path = storage.resolve(storage.join(config.data, "shards"))
     columns = ["split", "tokens", "genre_idx", "valence", *(extra or [])]
     columns += ["lyrics"] if lyrics else []
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    ds = read_parquet(path, filesystem=fs, columns=columns)
     return ds.filter(expr=col("split") == split)
 
 
@@ -162,13 +161,12 @@ def _datasets(
 def build_lyrics_vocab(config: TrainConfig) -> LyricsVocab:
     """The lyrics vocabulary of the training split: a Ray Data pass counting words per
     block, summed on the driver (a word list, never the lyrics themselves)."""
-    import ray
     from ray.data.expressions import col
 
     from genreflow.models.lyrics import sentences
 
     fs, path = storage.resolve(storage.join(config.data, "shards"))
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["split", "lyrics"])
+    ds = read_parquet(path, filesystem=fs, columns=["split", "lyrics"])
     ds = ds.filter(expr=col("split") == "train")
 
     def count(batch: pd.DataFrame) -> pd.DataFrame:
