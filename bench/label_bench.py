@@ -7,7 +7,8 @@ bench/_work/train (run that first). Measures, in one run:
 
 1. from shards: a plain loop (pyarrow reads the shards, the same Labeller code labels
    batches in this process with every core, and the label rows are written to Parquet,
-   as the job does) against the Ray label job (one model actor), over the shards and
+   as the job does) against the Ray label job with its default settings (on CPUs, one
+   single-threaded model actor per core, see ``plan_actors``), over the shards and
    over the shards repeated ``--grow`` times (rows duplicated under new ids);
 2. from raw audio: the Ray label job decoding the catalog itself;
 3. peak memory of all processes (RSS and PSS) for the shards and for ``--grow`` times.
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest_bench import PeakRss
+from genreflow import storage
 from genreflow.config import load_config
 from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.label import run_label
@@ -76,8 +78,8 @@ def grown_dataset(source: Path, copies: int) -> Path:
         table = pq.read_table(f)
         for c in range(1, copies):
             ids = pa.array([f"{t}-copy{c}" for t in table.column("track_id").to_pylist()])
-            pq.write_table(
-                table.set_column(0, "track_id", ids), target / "shards" / f"copy{c}-{f.name}"
+            storage.write_parquet_atomic(  # as ingest writes shards
+                table.set_column(0, "track_id", ids), str(target / "shards" / f"copy{c}-{f.name}")
             )
     manifest = json.loads((source / "_dataset.json").read_text())
     manifest["counts"]["rows"] *= copies
