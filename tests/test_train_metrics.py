@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +14,10 @@ from genreflow.models.base import ModelOutput
 from genreflow.train import (
     TrainConfig,
     balanced_class_weights,
-    batch_dtypes,
     batch_loss,
     classification_metrics,
     prefetch_batches,
+    tensor_batch,
 )
 
 
@@ -78,7 +81,39 @@ def test_batches_are_made_in_line_on_cpu_and_ahead_on_gpu() -> None:
 
 
 def test_cpu_batches_arrive_as_float32_and_gpu_batches_as_sent() -> None:
-    cpu = batch_dtypes(torch.device("cpu"))
-    assert cpu is not None and cpu["tokens"] == torch.float32
-    assert cpu["genre_idx"] == cpu["mood_idx"] == torch.long
-    assert batch_dtypes(torch.device("cuda")) is None  # float16 over the bus, cast on device
+    rows = {
+        "tokens": np.arange(24, dtype=np.float16).reshape(2, 3, 4),
+        "genre_idx": np.array([1, 0], dtype=np.int32),
+        "mood_idx": np.array([-1, 2]),
+    }
+    cpu = tensor_batch(rows, float_tokens=True)
+    assert cpu["tokens"].dtype == torch.float32 and cpu["tokens"].shape == (2, 3, 4)
+    assert torch.equal(cpu["tokens"], torch.arange(24, dtype=torch.float32).reshape(2, 3, 4))
+    assert cpu["genre_idx"].dtype == cpu["mood_idx"].dtype == torch.long
+    assert cpu["mood_idx"].tolist() == [-1, 2]
+    gpu = tensor_batch(rows, float_tokens=False)  # float16 over the bus, cast on device
+    assert gpu["tokens"].dtype == torch.float16
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a one-core OpenMP team starts no threads")
+def test_batches_are_converted_without_starting_torch_threads() -> None:
+    """The iterator converts batches in its own threads; a torch conversion there would
+    start a second OpenMP team beside the training step's (see tensor_batch)."""
+    rows = {"tokens": np.ones((64, 10, 128, 172), dtype=np.float16), "genre_idx": np.zeros(64)}
+    converted, release = threading.Event(), threading.Event()
+
+    def convert() -> None:  # a thread that lives on after converting, as the iterator's do
+        tensor_batch(rows, float_tokens=True)
+        converted.set()
+        release.wait(timeout=30)
+
+    before = set(os.listdir("/proc/self/task"))
+    worker = threading.Thread(target=convert)
+    worker.start()
+    try:
+        assert converted.wait(timeout=30)
+        started = set(os.listdir("/proc/self/task")) - before
+    finally:
+        release.set()
+        worker.join()
+    assert started == {str(worker.native_id)}
