@@ -11,7 +11,8 @@ bench/_work/train (run that first). Measures, in one run:
    single-threaded model actor per core, see ``plan_actors``), over the shards and
    over the shards repeated ``--grow`` times (rows duplicated under new ids);
 2. from raw audio: the Ray label job decoding the catalog itself;
-3. peak memory of all processes (RSS and PSS) for the shards and for ``--grow`` times.
+3. peak memory of all processes (RSS and PSS) for the shards and for ``--grow`` times;
+4. with ``--memory-grow N``: both loops and memory over the shards repeated N times.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main() -> None:
         "--memory-grow",
         type=int,
         default=0,
-        help="also label the shards repeated this many times (memory and rate only)",
+        help="also label the shards repeated this many times, plain loop and Ray job",
     )
     args = parser.parse_args()
     metrics = json.loads((WORK / "ray-run" / "metrics.json").read_text())
@@ -137,11 +138,11 @@ def main() -> None:
     )
     more = None
     if args.memory_grow:
-        more = ray_label(
-            grown_dataset(dataset, args.memory_grow),
-            checkpoint,
-            WORK / "labels-grown",
-            args.batch_size,
+        larger = grown_dataset(dataset, args.memory_grow)
+        plain_larger = plain(larger / "shards", checkpoint, args.batch_size, WORK / "plain-labels")
+        more = (
+            *ray_label(larger, checkpoint, WORK / "labels-grown", args.batch_size),
+            plain_larger,
         )
     ray.shutdown()
     rows_1 = metrics_rows(dataset)
@@ -180,10 +181,10 @@ def main() -> None:
         print(f"| {name}, MiB | {a / 2**20:.0f} | {b / 2**20:.0f} | {b / a:.2f} |")
     if more is not None:
         print(
-            f"\nx{args.memory_grow} ({rows_1 * args.memory_grow} tracks): {more[0]:.1f} tracks/s "
-            f"whole run ({more[0] / plain_grown:.2f} of the plain loop's x{args.grow} rate); "
-            f"peak RSS {more[1] / 2**20:.0f} MiB, PSS {more[2] / 2**20:.0f} MiB "
-            f"({more[2] / grown_pss:.2f} of x{args.grow})"
+            f"\nx{args.memory_grow} ({rows_1 * args.memory_grow} tracks), whole runs: plain loop "
+            f"{more[3]:.1f} tracks/s, Ray job {more[0]:.1f} tracks/s, ratio "
+            f"{more[0] / more[3]:.2f}; peak RSS {more[1] / 2**20:.0f} MiB, "
+            f"PSS {more[2] / 2**20:.0f} MiB ({more[2] / grown_pss:.2f} of x{args.grow})"
         )
 
 

@@ -41,6 +41,7 @@ class LabelConfig:
     gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
     cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
     read_cpus: float = 0.25  # CPUs reserved per shard-read task
+    read_tasks: int | None = None  # shard reads at once; None: see plan_reads
     torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
     shard_size: int = 32  # raw audio: tracks per decode task
@@ -58,7 +59,7 @@ class LabelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "moments", "batch_size", "actors", "shard_size"):
+        for name in ("top_k", "moments", "batch_size", "actors", "shard_size", "read_tasks"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -98,6 +99,23 @@ def plan_actors(
     if from_shards:
         return max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus))), cpus
     return max(1, round(cluster_cpus / 10)), cpus
+
+
+def plan_reads(config: LabelConfig, *, actors: int) -> int:
+    """How many shard reads run at once: the config's value where set.
+
+    A read task makes about 500 tracks/s of blocks, a CPU actor labels about 100, so one
+    read per two CPU actors keeps them fed; a GPU actor labels thousands, so it gets two.
+    Without a limit Ray Data starts a read per free quarter CPU as the job starts, and on
+    a small machine those reads (each a worker process to start) take the cores the
+    model actors need to start: on 2 cores the actors' first call came 22 s into a
+    run instead of 13 s (bench/RESULTS.md).
+    """
+    if config.read_tasks is not None:
+        return config.read_tasks
+    if config.gpus_per_actor > 0:
+        return 2 * actors
+    return max(1, actors // 2)
 
 
 LABELS_SCHEMA_FIELDS = [

@@ -126,7 +126,12 @@ def check_actor_fit(
 
 
 def read_parquet(
-    paths: str | list[str], *, filesystem: Any, columns: list[str], num_cpus: float = 1.0
+    paths: str | list[str],
+    *,
+    filesystem: Any,
+    columns: list[str],
+    num_cpus: float = 1.0,
+    concurrency: int | None = None,
 ) -> Any:
     """``ray.data.read_parquet`` through Ray Data's task-based Parquet reader.
 
@@ -135,7 +140,7 @@ def read_parquet(
     2-core machine, paid by every training, label and index run. The task-based reader
     reads footers where it reads the data and has its first block in 0.5 s
     (bench/RESULTS.md); it pushes column selection and row filters into the read as
-    well.
+    well. ``concurrency`` caps the read tasks running at once (None: Ray Data's choice).
     """
     import ray.data
 
@@ -144,7 +149,11 @@ def read_parquet(
     context.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(
-            paths, filesystem=filesystem, columns=columns, num_cpus=num_cpus
+            paths,
+            filesystem=filesystem,
+            columns=columns,
+            num_cpus=num_cpus,
+            concurrency=concurrency,
         )
     finally:
         context.use_datasource_v2 = before

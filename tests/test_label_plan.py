@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from genreflow.errors import ConfigError
-from genreflow.label import LabelConfig, plan_actors
+from genreflow.label import LabelConfig, plan_actors, plan_reads
 
 
 def plan(cpus: float, gpus: float = 0.0, *, shards: bool = True, **settings: object) -> tuple:
@@ -39,9 +39,23 @@ def test_settings_win_over_the_plan() -> None:
     assert plan(8, 2, gpus_per_actor=1.0, actors=1, cpus_per_actor=4.0) == (1, 4.0)
 
 
+def test_reads_follow_the_actors_they_feed() -> None:
+    assert plan_reads(LabelConfig(), actors=2) == 1  # a read outpaces two CPU actors
+    assert plan_reads(LabelConfig(), actors=1) == 1
+    assert plan_reads(LabelConfig(), actors=15) == 7
+    assert plan_reads(LabelConfig(gpus_per_actor=1.0), actors=4) == 8  # GPUs eat faster
+    assert plan_reads(LabelConfig(read_tasks=3), actors=2) == 3
+
+
 @pytest.mark.parametrize(
     "settings",
-    [{"actors": 0}, {"cpus_per_actor": 0}, {"read_cpus": -1}, {"gpus_per_actor": -0.5}],
+    [
+        {"actors": 0},
+        {"cpus_per_actor": 0},
+        {"read_cpus": -1},
+        {"gpus_per_actor": -0.5},
+        {"read_tasks": 0},
+    ],
 )
 def test_bad_pool_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=next(iter(settings))):

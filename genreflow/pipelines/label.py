@@ -31,7 +31,7 @@ from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
-from genreflow.label import LabelConfig, Labeller, decode_for_label, plan_actors
+from genreflow.label import LabelConfig, Labeller, decode_for_label, plan_actors, plan_reads
 from genreflow.runtime import (
     check_actor_fit,
     data_memory_limit,
@@ -256,7 +256,13 @@ def _write_labels(
         assert manifest is not None  # from shards
         fs, path = storage.resolve(storage.join(config.input, "shards"))
         columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
-        ds = read_parquet(path, filesystem=fs, columns=columns, num_cpus=config.read_cpus)
+        ds = read_parquet(
+            path,
+            filesystem=fs,
+            columns=columns,
+            num_cpus=config.read_cpus,
+            concurrency=plan_reads(config, actors=config.actors or 1),
+        )
         tracks_in = int(manifest["counts"]["rows"])
         todo = tracks_in - len(done)
         if done:
