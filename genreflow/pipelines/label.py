@@ -292,8 +292,15 @@ def _write_labels(
             num_gpus=config.gpus_per_actor if use_gpu else None,
         )
         fs, path = storage.resolve(partition)
-        # label rows are small: files of a few thousand rows, not one per model batch
-        labels.write_parquet(path, filesystem=fs, min_rows_per_file=LABEL_FILE_ROWS)
+        # label rows are small: files of a few thousand rows, not one per model batch.
+        # The write is a task stage of its own; at Ray's default of one CPU it could not
+        # start while the actors and a read hold all but 0.75 of 2 CPUs.
+        labels.write_parquet(
+            path,
+            filesystem=fs,
+            min_rows_per_file=LABEL_FILE_ROWS,
+            ray_remote_args={"num_cpus": config.read_cpus},
+        )
         files = storage.list_files(partition, suffix=".parquet")
         labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
     return tracks_in, skipped, labelled
