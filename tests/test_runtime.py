@@ -1,12 +1,20 @@
-"""Runtime helpers that need no running Ray."""
+"""Runtime helpers: Ray Data settings and the Parquet file reader."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 import ray.data
 
-from genreflow.runtime import data_memory_limit
+from genreflow.runtime import data_memory_limit, read_parquet_files
+from genreflow.schema import tokens_numpy
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_memory_limit_reaches_datasets_made_inside_and_is_restored() -> None:
     context = ray.data.DataContext.get_current()
     before = context.execution_options.resource_limits.object_store_memory
@@ -20,3 +28,42 @@ def test_memory_limit_reaches_datasets_made_inside_and_is_restored() -> None:
     with data_memory_limit(None, block_mb=16):
         assert ray.data.range(4).context.target_max_block_size == 16 * 2**20
     assert context.target_max_block_size == blocks
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path) -> None:
+    tensor = pa.fixed_shape_tensor(pa.float16(), [2, 3])
+    rng = np.random.default_rng(0)
+    uris = []
+    for i, rows in enumerate([5, 0, 7]):
+        values = rng.standard_normal((rows, 2, 3)).astype(np.float16)
+        storage_array = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 6)
+        table = pa.table(
+            {
+                "track_id": pa.array([f"f{i}-{r}" for r in range(rows)], pa.string()),
+                "tokens": pa.ExtensionArray.from_storage(tensor, storage_array),
+                "genre": pa.array(["rock"] * rows, pa.string()),
+            }
+        )
+        uri = str(tmp_path / f"part-{i}.parquet")
+        pq.write_table(table, uri, row_group_size=3)
+        uris.append(uri)
+    expected = pa.concat_tables(pq.read_table(u, columns=["track_id", "tokens"]) for u in uris)
+
+    with data_memory_limit(None, block_mb=30 / 2**20):  # blocks of a row or two
+        ds = read_parquet_files(uris, columns=["track_id", "tokens"], num_cpus=0.25).materialize()
+        got = ds.to_pandas().sort_values("track_id").reset_index(drop=True)
+        assert ds.num_blocks() > len(uris)
+
+    want = expected.sort_by("track_id")
+    assert list(got.columns) == ["track_id", "tokens"]
+    assert got["track_id"].tolist() == want.column("track_id").to_pylist()
+    assert np.array_equal(np.stack(got["tokens"]), tokens_numpy(want.column("tokens")))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_unreadable_parquet_file_fails_the_read_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "part-0.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(Exception, match=r"part-0\.parquet"):
+        read_parquet_files([str(bad)], columns=["track_id"], num_cpus=0.25).take_all()

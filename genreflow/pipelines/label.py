@@ -37,7 +37,7 @@ from genreflow.runtime import (
     data_memory_limit,
     init_ray,
     ray_resources,
-    read_parquet,
+    read_parquet_files,
 )
 from genreflow.tokens import TokenSpec, check_same_spec
 
@@ -254,11 +254,9 @@ def _write_labels(
         )
     else:
         assert manifest is not None  # from shards
-        fs, path = storage.resolve(storage.join(config.input, "shards"))
         columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
-        ds = read_parquet(
-            path,
-            filesystem=fs,
+        ds = read_parquet_files(
+            storage.list_files(storage.join(config.input, "shards"), suffix=".parquet"),
             columns=columns,
             num_cpus=config.read_cpus,
             concurrency=plan_reads(config, actors=config.actors or 1),
