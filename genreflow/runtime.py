@@ -185,7 +185,7 @@ def read_parquet_files(
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=num_cpus,
-        concurrency=concurrency,
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
         fn_kwargs={"columns": columns, "block_bytes": block_bytes},
     )
 
