@@ -11,8 +11,10 @@ bench/_work/train (run that first). Measures, in one run:
    single-threaded model actor per core, see ``plan_actors``), over the shards and
    over the shards repeated ``--grow`` times (rows duplicated under new ids);
 2. from raw audio: the Ray label job decoding the catalog itself;
-3. peak memory of all processes (RSS and PSS) for the shards and for ``--grow`` times;
-4. with ``--memory-grow N``: both loops and memory over the shards repeated N times.
+3. with ``--memory-grow N``: both loops over the shards repeated N times;
+4. peak memory (RSS and PSS) of the label job over the shards repeated each of
+   ``--memory-sizes`` times, each in a fresh process with a Ray of its own, so that
+   nothing else (the plain loop, an earlier job) is in the figure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,7 +91,8 @@ def grown_dataset(source: Path, copies: int) -> Path:
     return target
 
 
-def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> tuple[float, int, int]:
+def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> float:
+    """The label job's rate over a whole run, as a scheduler sees it (Ray is already up)."""
     shutil.rmtree(out, ignore_errors=True)
     config = load_config(
         LabelConfig,
@@ -97,10 +101,42 @@ def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> tupl
         input=str(source),
         out=str(out),
     )
+    result = run_label(config)
+    return result.labelled / result.seconds
+
+
+def job_memory(copies: int, checkpoint: str, batch_size: int) -> tuple[int, int]:
+    """Peak (RSS, PSS) of one label job over the shards repeated ``copies`` times, run in
+    a fresh process that starts its own Ray."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-of", str(copies), "--batch-size", str(batch_size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    peak = json.loads(out.strip().splitlines()[-1])
+    return int(peak["rss"]), int(peak["pss"])
+
+
+def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
+    import ray
+
+    dataset = WORK / "dataset" if copies == 1 else grown_dataset(WORK / "dataset", copies)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out = WORK / "labels-memory"
+    shutil.rmtree(out, ignore_errors=True)
+    config = load_config(
+        LabelConfig,
+        overrides=[f"batch_size={batch_size}"],
+        checkpoint=checkpoint,
+        input=str(dataset),
+        out=str(out),
+    )
     with PeakRss(pss=True) as memory:
-        result = run_label(config)
-    # the whole run, as a scheduler sees it (Ray itself is already up: see the warm-up)
-    return result.labelled / result.seconds, memory.peak, memory.peak_pss
+        run_label(config)
+    ray.shutdown()
+    print(json.dumps({"rss": memory.peak, "pss": memory.peak_pss}))
 
 
 def main() -> None:
@@ -113,12 +149,33 @@ def main() -> None:
         default=0,
         help="also label the shards repeated this many times, plain loop and Ray job",
     )
+    parser.add_argument(
+        "--memory-sizes",
+        default="1,10",
+        help="catalog sizes (times the shards) whose label job's peak memory is measured",
+    )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="measure only the memory of --memory-sizes"
+    )
+    parser.add_argument("--memory-of", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     metrics = json.loads((WORK / "ray-run" / "metrics.json").read_text())
     checkpoint = metrics["best_checkpoint"]
+    if args.memory_of:
+        memory_child(args.memory_of, checkpoint, args.batch_size)
+        return
     dataset = WORK / "dataset"
     grown = grown_dataset(dataset, args.grow)
+    sizes = [int(n) for n in args.memory_sizes.split(",") if n.strip()]
+    for n in sizes:
+        if n > 1:
+            grown_dataset(dataset, n)
     cores = os.cpu_count() or 1
+    if args.memory_only:
+        print_memory(
+            {n: job_memory(n, checkpoint, args.batch_size) for n in sizes}, metrics_rows(dataset)
+        )
+        return
 
     import ray
 
@@ -126,25 +183,19 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_label(dataset, checkpoint, WORK / "labels-warm", args.batch_size)
     plain_rate = plain(dataset / "shards", checkpoint, args.batch_size, WORK / "plain-labels")
-    shard_rate, shard_rss, shard_pss = ray_label(
-        dataset, checkpoint, WORK / "labels", args.batch_size
-    )
+    shard_rate = ray_label(dataset, checkpoint, WORK / "labels", args.batch_size)
     plain_grown = plain(grown / "shards", checkpoint, args.batch_size, WORK / "plain-labels")
-    grown_rate, grown_rss, grown_pss = ray_label(
-        grown, checkpoint, WORK / "labels-grown", args.batch_size
-    )
-    raw_rate, _, _ = ray_label(
+    grown_rate = ray_label(grown, checkpoint, WORK / "labels-grown", args.batch_size)
+    raw_rate = ray_label(
         WORK / "catalog" / "manifest.csv", checkpoint, WORK / "labels-raw", args.batch_size
     )
     more = None
     if args.memory_grow:
         larger = grown_dataset(dataset, args.memory_grow)
         plain_larger = plain(larger / "shards", checkpoint, args.batch_size, WORK / "plain-labels")
-        more = (
-            *ray_label(larger, checkpoint, WORK / "labels-grown", args.batch_size),
-            plain_larger,
-        )
+        more = (ray_label(larger, checkpoint, WORK / "labels-grown", args.batch_size), plain_larger)
     ray.shutdown()
+    memory = {n: job_memory(n, checkpoint, args.batch_size) for n in sizes}
     rows_1 = metrics_rows(dataset)
     spec = metrics["token_spec"]
     print(
@@ -168,24 +219,30 @@ def main() -> None:
         f"| steady state: extra rows / extra time, x1 to x{args.grow} | {extra} | "
         f"{plain_marginal:.1f} | {marginal:.1f} | {marginal / plain_marginal:.2f} |"
     )
+    if more is not None:
+        print(
+            f"| from shards x{args.memory_grow}, whole run | {rows_1 * args.memory_grow} | "
+            f"{more[1]:.1f} | {more[0]:.1f} | {more[0] / more[1]:.2f} |"
+        )
     print(
         f"| from raw audio (decode + tokenize + label), whole run | {rows_1} | "
         f"{plain_rate:.1f} (shards) | {raw_rate:.1f} | {raw_rate / plain_rate:.2f} |"
     )
     fixed = rows_1 / shard_rate - rows_1 / marginal
     print(f"\nfixed cost per job run (x1 time - x1 rows at the steady rate): {fixed:.1f} s")
-    print(
-        f"\n| peak memory, all processes | x1 | x{args.grow} | ratio |\n| --- | --- | --- | --- |"
-    )
-    for name, a, b in (("RSS", shard_rss, grown_rss), ("PSS", shard_pss, grown_pss)):
-        print(f"| {name}, MiB | {a / 2**20:.0f} | {b / 2**20:.0f} | {b / a:.2f} |")
-    if more is not None:
-        print(
-            f"\nx{args.memory_grow} ({rows_1 * args.memory_grow} tracks), whole runs: plain loop "
-            f"{more[3]:.1f} tracks/s, Ray job {more[0]:.1f} tracks/s, ratio "
-            f"{more[0] / more[3]:.2f}; peak RSS {more[1] / 2**20:.0f} MiB, "
-            f"PSS {more[2] / 2**20:.0f} MiB ({more[2] / grown_pss:.2f} of x{args.grow})"
-        )
+    print_memory(memory, rows_1)
+
+
+def print_memory(memory: dict[int, tuple[int, int]], rows_1: int) -> None:
+    if not memory:
+        return
+    print("\npeak memory of one label job in a fresh process (its own Ray), MiB:\n")
+    print("| catalog | tracks | RSS | PSS | PSS against the catalog 10x smaller |")
+    print("| --- | --- | --- | --- | --- |")
+    for n, (rss, pss) in memory.items():
+        tenth = memory.get(n // 10) if n % 10 == 0 else None
+        against = f"{pss / tenth[1]:.2f}" if tenth else ""
+        print(f"| x{n} | {rows_1 * n} | {rss / 2**20:.0f} | {pss / 2**20:.0f} | {against} |")
 
 
 if __name__ == "__main__":
