@@ -139,10 +139,17 @@ def main() -> None:
         help="Ray Train settings to compare, as 'key=value,key=value' (repeatable); "
         "default: the config's defaults",
     )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=WORK,
+        help="folder for the catalog, dataset and runs (bench/label_bench.py reads the default)",
+    )
     args = parser.parse_args()
     cores = args.threads or os.cpu_count() or 1
-    manifest = make_demo_catalog(WORK / "catalog", tracks_per_genre=args.tracks_per_genre)
-    data = WORK / "dataset"
+    args.work = args.work.resolve()  # Ray Train's storage_path must be absolute
+    manifest = make_demo_catalog(args.work / "catalog", tracks_per_genre=args.tracks_per_genre)
+    data = args.work / "dataset"
     run_ingest(load_config(IngestConfig, catalog=str(manifest), out=str(data)))
 
     variants = args.variant or [""]
@@ -156,7 +163,7 @@ def main() -> None:
             ray_runs[variant].append(
                 ray_train(
                     data,
-                    WORK / "ray-run",
+                    args.work / "ray-run",
                     epochs=args.epochs,
                     batch_size=args.batch_size,
                     cores=cores,
