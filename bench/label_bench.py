@@ -91,17 +91,21 @@ def grown_dataset(source: Path, copies: int) -> Path:
     return target
 
 
-def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> float:
-    """The label job's rate over a whole run, as a scheduler sees it (Ray is already up)."""
+def label_config(source: Path, checkpoint: str, out: Path, batch_size: int) -> LabelConfig:
+    """The job's default config over ``source`` into an emptied ``out``."""
     shutil.rmtree(out, ignore_errors=True)
-    config = load_config(
+    return load_config(
         LabelConfig,
         overrides=[f"batch_size={batch_size}"],
         checkpoint=checkpoint,
         input=str(source),
         out=str(out),
     )
-    result = run_label(config)
+
+
+def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> float:
+    """The label job's rate over a whole run, as a scheduler sees it (Ray is already up)."""
+    result = run_label(label_config(source, checkpoint, out, batch_size))
     return result.labelled / result.seconds
 
 
@@ -124,15 +128,7 @@ def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
     dataset = WORK / "dataset" if copies == 1 else grown_dataset(WORK / "dataset", copies)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    out = WORK / "labels-memory"
-    shutil.rmtree(out, ignore_errors=True)
-    config = load_config(
-        LabelConfig,
-        overrides=[f"batch_size={batch_size}"],
-        checkpoint=checkpoint,
-        input=str(dataset),
-        out=str(out),
-    )
+    config = label_config(dataset, checkpoint, WORK / "labels-memory", batch_size)
     with PeakRss(pss=True) as memory:
         run_label(config)
     ray.shutdown()
