@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, f1_score
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -104,8 +103,13 @@ def classification_metrics(
     if labels.size == 0:
         return {"count": 0}
     predicted = probs.argmax(axis=1)
-    per_class = f1_score(
-        labels, predicted, labels=list(range(n_classes)), average=None, zero_division=0
+    matrix = np.bincount(labels * n_classes + predicted, minlength=n_classes**2).reshape(
+        n_classes, n_classes
+    )  # rows: true class, columns: predicted
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (true count + predicted count); 0 when both are 0
+    support = matrix.sum(axis=1) + matrix.sum(axis=0)
+    per_class = np.divide(
+        2.0 * np.diag(matrix), support, out=np.zeros(n_classes), where=support > 0
     )
     present = np.unique(labels)
     clipped = np.clip(probs[np.arange(labels.size), labels], 1e-12, 1.0)
@@ -116,9 +120,7 @@ def classification_metrics(
         "macro_f1": float(per_class[present].mean()),
         "per_class_f1": {name: float(per_class[i]) for i, name in enumerate(class_names)},
         "log_loss": float(-np.log(clipped).mean()),
-        "confusion_matrix": confusion_matrix(
-            labels, predicted, labels=list(range(n_classes))
-        ).tolist(),
+        "confusion_matrix": matrix.tolist(),
     }
 
 

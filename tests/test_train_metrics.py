@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score, log_loss
+from sklearn.metrics import confusion_matrix, f1_score, log_loss
 
 from genreflow.config import load_config
 from genreflow.errors import ConfigError
@@ -29,8 +29,22 @@ def test_classification_metrics_match_sklearn() -> None:
     assert m["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
     assert m["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
     assert m["log_loss"] == pytest.approx(log_loss(labels, probs, labels=[0, 1, 2, 3]))
-    assert np.array(m["confusion_matrix"]).sum() == 50
+    assert m["confusion_matrix"] == confusion_matrix(labels, probs.argmax(1)).tolist()
     assert set(m["per_class_f1"]) == {"a", "b", "c", "d"}
+
+
+def test_per_class_f1_matches_sklearn_with_unpredicted_and_absent_classes() -> None:
+    # class 2 is never predicted, class 3 neither occurs nor is predicted
+    labels = np.array([0, 0, 1, 1, 2, 2, 0])
+    predicted = np.array([0, 1, 1, 1, 0, 1, 0])
+    probs = np.eye(4)[predicted] * 0.7 + 0.075
+    m = classification_metrics(probs, labels, ["a", "b", "c", "d"])
+    expected = f1_score(labels, predicted, labels=[0, 1, 2, 3], average=None, zero_division=0)
+    assert list(m["per_class_f1"].values()) == pytest.approx(expected)
+    assert m["macro_f1"] == pytest.approx(expected[:3].mean())  # over the classes present
+    assert (
+        m["confusion_matrix"] == confusion_matrix(labels, predicted, labels=[0, 1, 2, 3]).tolist()
+    )
 
 
 def test_unknown_labels_are_ignored() -> None:
