@@ -11,11 +11,14 @@ Run folder (``out``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -230,13 +233,36 @@ def _fit(
             ),
         ),
         datasets=datasets,
+        # one worker reads the whole split: a plain iterator, without the coordinator
+        # actor (a process start) that splitting the stream between workers needs
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[] if config.num_workers == 1 else "all"
+        ),
     )
     try:
-        return trainer.fit()
+        with health_check_interval(config.health_check_s):
+            return trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise GenreflowError(
             f"training failed after {config.max_failures} recovery attempt(s): {exc}"
         ) from exc
+
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextlib.contextmanager
+def health_check_interval(seconds: float) -> Iterator[None]:
+    """Ray Train's controller polls its workers every ``seconds`` during a fit (Ray
+    passes the variable on to the controller); a value set in the environment wins."""
+    if HEALTH_CHECK_ENV in os.environ:
+        yield
+        return
+    os.environ[HEALTH_CHECK_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        os.environ.pop(HEALTH_CHECK_ENV, None)
 
 
 def _cache(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from genreflow.config import load_config
 from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.ingest import IngestConfig
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.pipelines.train import run_train
+from genreflow.pipelines.train import HEALTH_CHECK_ENV, health_check_interval, run_train
 from genreflow.tokens import TokenSpec
 from genreflow.train import TrainConfig
 
@@ -42,6 +44,8 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
     assert "mood" in metrics["test"]  # the multitask model's mood head is evaluated too
     assert epochs_done(out) == [0, 1]
     epoch = json.loads((out / "epochs" / "epoch-0001.json").read_text())
+    n_train = json.loads((dataset / "_dataset.json").read_text())["counts"]["by_split"]["train"]
+    assert epoch["steps"] == math.ceil(n_train / 8)  # the one worker saw the whole split
     assert {
         "train_loss",
         "val_accuracy",
@@ -133,3 +137,18 @@ def test_k_fold_cross_validation_reports_mean_and_std(dataset: Path, tmp_path: P
     assert cv["macro_f1_mean"] == pytest.approx(sum(cv["macro_f1"]) / 2)
     assert (tmp_path / "cv" / "fold-0" / "epochs" / "epoch-0000.json").exists()
     assert "CV macro-F1" in result.summary()
+
+
+def test_the_controller_poll_is_set_for_the_fit_unless_the_environment_sets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
+    with health_check_interval(0.5):
+        assert os.environ[HEALTH_CHECK_ENV] == "0.5"  # Ray passes it on to the controller
+    assert HEALTH_CHECK_ENV not in os.environ
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
+    with health_check_interval(0.5):
+        assert os.environ[HEALTH_CHECK_ENV] == "3"
+    assert os.environ[HEALTH_CHECK_ENV] == "3"
+    with pytest.raises(ConfigError, match="health_check_s must be > 0"):
+        load_config(TrainConfig, overrides=["health_check_s=0"])
