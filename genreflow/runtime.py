@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -160,26 +160,33 @@ def read_parquet(
 
 
 def read_parquet_files(
-    uris: list[str],
+    files: Sequence[tuple[str, int]],
     *,
     columns: list[str],
     num_cpus: float = 1.0,
     concurrency: int | None = None,
+    task_bytes: int = 64 * 2**20,
 ) -> Any:
-    """A Ray dataset of the named columns of Parquet files: one read task per file.
+    """A Ray dataset of the named columns of Parquet files, given as ``(uri, bytes)``.
 
     Unlike ``ray.data.read_parquet`` nothing is read in the driver before the job
     starts: the Parquet reader samples files in tasks of their own to plan the read,
     and on a 2-core machine their worker processes start while the job waits (2–5 s a
-    label run, bench/RESULTS.md). Here the first read task is the first work. Each task
-    streams its file in batches of about Ray Data's target block size and hands unused
-    Arrow memory back to the system when done, so a long-lived read worker does not
-    keep the largest file it read. ``concurrency`` caps the read tasks running at once.
+    label run, bench/RESULTS.md). Here the first read task is the first work. A task
+    reads consecutive files up to ``task_bytes`` (one file when it is larger): a task
+    per small file would pay a task's start for kilobytes, and a whole worker process
+    where Ray keeps few idle ones (1-CPU nodes). Each task streams its files in batches
+    of about Ray Data's target block size and hands unused Arrow memory back to the
+    system after each file, so a long-lived read worker does not keep the largest file
+    it read. ``concurrency`` caps the read tasks running at once.
     """
     import ray.data
 
     block_bytes = int(ray.data.DataContext.get_current().target_max_block_size or 128 * 2**20)
-    items = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=max(1, len(uris)))
+    groups = group_files(files, task_bytes=task_bytes)
+    items = ray.data.from_items(
+        [{"uris": g} for g in groups], override_num_blocks=max(1, len(groups))
+    )
     return items.map_batches(
         _read_files,  # type: ignore[arg-type]
         batch_size=1,
@@ -190,13 +197,27 @@ def read_parquet_files(
     )
 
 
+def group_files(files: Sequence[tuple[str, int]], *, task_bytes: int) -> list[list[str]]:
+    """Consecutive ``(uri, bytes)`` grouped up to ``task_bytes`` a group, in order; a file
+    larger than that is a group of its own."""
+    groups: list[list[str]] = []
+    size = 0
+    for uri, nbytes in files:
+        if not groups or size + nbytes > task_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(uri)
+        size += nbytes
+    return groups
+
+
 def _read_files(files: Any, *, columns: list[str], block_bytes: int) -> Iterator[Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from genreflow import storage
 
-    for uri in files.column("uri").to_pylist():
+    for uri in (u for group in files.column("uris").to_pylist() for u in group):
         fs, path = storage.resolve(uri)
         try:
             with fs.open_input_file(path) as handle:

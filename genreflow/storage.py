@@ -108,19 +108,39 @@ def list_files(uri: str, *, suffix: str = "") -> list[str]:
     Names starting with ``.`` or ``_`` (temporary and bookkeeping files) are skipped.
     A missing folder lists as empty.
     """
+    return [name for name, _ in file_sizes(uri, suffix=suffix)]
+
+
+def file_sizes(uri: str, *, suffix: str = "") -> list[tuple[str, int]]:
+    """``(uri, bytes)`` of the files :func:`list_files` lists, from the same listing."""
     fs, path = resolve(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError as exc:
         raise StorageError(f"cannot list {uri!r}: {exc}") from exc
-    names = sorted(
-        info.base_name
+    found = sorted(
+        (info.base_name, int(info.size or 0))
         for info in infos
         if info.type == pafs.FileType.File
         and info.base_name.endswith(suffix)
         and not info.base_name.startswith((".", "_"))
     )
-    return [join(uri, name) for name in names]
+    return [(join(uri, name), size) for name, size in found]
+
+
+def with_sizes(uris: list[str]) -> list[tuple[str, int]]:
+    """``(uri, bytes)`` of each file named (one lookup per file)."""
+    sized = []
+    for uri in uris:
+        fs, path = resolve(uri)
+        try:
+            info = fs.get_file_info(path)
+        except OSError as exc:
+            raise StorageError(f"cannot look up {uri!r}: {exc}{_hint(exc)}") from exc
+        if info.type != pafs.FileType.File:
+            raise StorageError(f"{uri!r} is not a file")
+        sized.append((uri, int(info.size or 0)))
+    return sized
 
 
 def read_bytes(uri: str) -> bytes:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray.data
 
-from genreflow.runtime import data_memory_limit, read_parquet_files
+from genreflow.runtime import data_memory_limit, group_files, read_parquet_files
 from genreflow.schema import tokens_numpy
 
 
@@ -31,7 +31,8 @@ def test_memory_limit_reaches_datasets_made_inside_and_is_restored() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task_bytes", [1, 2**30])  # a task per file; one task for all
+def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path, task_bytes: int) -> None:
     tensor = pa.fixed_shape_tensor(pa.float16(), [2, 3])
     rng = np.random.default_rng(0)
     uris = []
@@ -51,7 +52,12 @@ def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path) -> None:
     expected = pa.concat_tables(pq.read_table(u, columns=["track_id", "tokens"]) for u in uris)
 
     with data_memory_limit(None, block_mb=30 / 2**20):  # blocks of a row or two
-        ds = read_parquet_files(uris, columns=["track_id", "tokens"], num_cpus=0.25).materialize()
+        ds = read_parquet_files(
+            [(u, Path(u).stat().st_size) for u in uris],
+            columns=["track_id", "tokens"],
+            num_cpus=0.25,
+            task_bytes=task_bytes,
+        ).materialize()
         got = ds.to_pandas().sort_values("track_id").reset_index(drop=True)
         assert ds.num_blocks() > len(uris)
 
@@ -66,4 +72,11 @@ def test_an_unreadable_parquet_file_fails_the_read_naming_it(tmp_path: Path) -> 
     bad = tmp_path / "part-0.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(Exception, match=r"part-0\.parquet"):
-        read_parquet_files([str(bad)], columns=["track_id"], num_cpus=0.25).take_all()
+        read_parquet_files([(str(bad), 18)], columns=["track_id"], num_cpus=0.25).take_all()
+
+
+def test_small_files_share_a_read_task_and_large_ones_get_their_own() -> None:
+    files = [("a", 10), ("b", 30), ("c", 70), ("d", 5), ("e", 200), ("f", 1)]
+    assert group_files(files, task_bytes=100) == [["a", "b"], ["c", "d"], ["e"], ["f"]]
+    assert group_files(files, task_bytes=1) == [[u] for u, _ in files]
+    assert group_files([], task_bytes=100) == []

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from genreflow import storage
+from genreflow.errors import StorageError
 from genreflow.schema import shard_schema, tokens_array, tokens_numpy
 from genreflow.tokens import TokenSpec
 
@@ -56,3 +58,16 @@ def test_token_shards_round_trip_and_only_non_float_columns_use_dictionaries(
         "lyrics",
         "uri",
     ]
+
+
+def test_files_are_listed_with_their_sizes(tmp_path: Path) -> None:
+    (tmp_path / "b.parquet").write_bytes(b"x" * 7)
+    (tmp_path / "a.parquet").write_bytes(b"")
+    (tmp_path / "_done.parquet").write_bytes(b"bookkeeping")
+    (tmp_path / "c.json").write_bytes(b"{}")
+    listed = storage.file_sizes(str(tmp_path), suffix=".parquet")
+    assert listed == [(str(tmp_path / "a.parquet"), 0), (str(tmp_path / "b.parquet"), 7)]
+    assert storage.list_files(str(tmp_path), suffix=".parquet") == [u for u, _ in listed]
+    assert storage.with_sizes([str(tmp_path / "b.parquet")]) == [(str(tmp_path / "b.parquet"), 7)]
+    with pytest.raises(StorageError, match=r"missing\.parquet"):
+        storage.with_sizes([str(tmp_path / "missing.parquet")])

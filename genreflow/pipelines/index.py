@@ -17,7 +17,7 @@ from genreflow import index as fidx
 from genreflow import storage
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.pipelines.label import RUN_FILE, complete_partitions
-from genreflow.runtime import check_actor_fit, init_ray, read_parquet
+from genreflow.runtime import check_actor_fit, init_ray, read_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,10 @@ def _neighbours_table(
     import ray
     from ray.data.expressions import col
 
-    fs, _ = storage.resolve(files[0])
-    paths = [storage.resolve(f)[1] for f in files]
     ds = (
-        read_parquet(paths, filesystem=fs, columns=["track_id", "embedding", "model_version"])
+        read_parquet_files(
+            storage.with_sizes(files), columns=["track_id", "embedding", "model_version"]
+        )
         .filter(expr=col("model_version") == version)
         .select_columns(["track_id", "embedding"])
     )

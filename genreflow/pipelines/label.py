@@ -256,7 +256,7 @@ def _write_labels(
         assert manifest is not None  # from shards
         columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
         ds = read_parquet_files(
-            storage.list_files(storage.join(config.input, "shards"), suffix=".parquet"),
+            storage.file_sizes(storage.join(config.input, "shards"), suffix=".parquet"),
             columns=columns,
             num_cpus=config.read_cpus,
             concurrency=plan_reads(config, actors=config.actors or 1),
