@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -281,6 +282,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     config = TrainConfig(**loop_config["config"])
+    # Batches of a split held in the object store arrive as read-only views; the step
+    # only reads them, so torch's warning about non-writable arrays is noise here.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     spec = TokenSpec.from_dict(loop_config["token_spec"])
     genres, moods = loop_config["genres"], loop_config["moods"]
     words = loop_config.get("lyrics_vocab")

@@ -233,11 +233,6 @@ def _fit(
             ),
         ),
         datasets=datasets,
-        # one worker reads the whole split: a plain iterator, without the coordinator
-        # actor (a process start) that splitting the stream between workers needs
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=[] if config.num_workers == 1 else "all"
-        ),
     )
     try:
         with health_check_interval(config.health_check_s):
