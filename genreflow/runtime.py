@@ -165,7 +165,7 @@ def read_parquet_files(
     columns: list[str],
     num_cpus: float = 1.0,
     concurrency: int | None = None,
-    task_bytes: int = 64 * 2**20,
+    task_bytes: int | None = None,
 ) -> Any:
     """A Ray dataset of the named columns of Parquet files, given as ``(uri, bytes)``.
 
@@ -173,9 +173,12 @@ def read_parquet_files(
     starts: the Parquet reader samples files in tasks of their own to plan the read,
     and on a 2-core machine their worker processes start while the job waits (2–5 s a
     label run, bench/RESULTS.md). Here the first read task is the first work. A task
-    reads consecutive files up to ``task_bytes`` (one file when it is larger): a task
-    per small file would pay a task's start for kilobytes, and a whole worker process
-    where Ray keeps few idle ones (1-CPU nodes). Each task streams its files in batches
+    reads consecutive files up to ``task_bytes`` (default: Ray Data's target block
+    size; one file when it is larger): a task per small file would pay a task's start
+    for kilobytes, and a whole worker process where Ray keeps few idle ones (1-CPU
+    nodes). Larger groups cost memory: a running read task's blocks cannot be held back,
+    and at 64 MiB a task the label job's peak grew 14 % from 2,880 to 28,800 tracks
+    instead of 7 % (bench/RESULTS.md). Each task streams its files in batches
     of about Ray Data's target block size and hands unused Arrow memory back to the
     system after each file, so a long-lived read worker does not keep the largest file
     it read. ``concurrency`` caps the read tasks running at once.
@@ -183,7 +186,7 @@ def read_parquet_files(
     import ray.data
 
     block_bytes = int(ray.data.DataContext.get_current().target_max_block_size or 128 * 2**20)
-    groups = group_files(files, task_bytes=task_bytes)
+    groups = group_files(files, task_bytes=task_bytes or block_bytes)
     items = ray.data.from_items(
         [{"uris": g} for g in groups], override_num_blocks=max(1, len(groups))
     )
