@@ -108,7 +108,7 @@ def list_files(uri: str, *, suffix: str = "") -> list[str]:
     Names starting with ``.`` or ``_`` (temporary and bookkeeping files) are skipped.
     A missing folder lists as empty.
     """
-    return [name for name, _ in file_sizes(uri, suffix=suffix)]
+    return [found for found, _ in file_sizes(uri, suffix=suffix)]
 
 
 def file_sizes(uri: str, *, suffix: str = "") -> list[tuple[str, int]]:
