@@ -9,8 +9,10 @@ signature_attention model for the same epochs and batch size twice:
    ``batch_loss`` and optimizer in this process (torch threads = cores);
 2. Ray Train: ``genreflow train`` with one worker holding every core.
 
-Reports per-step time of each, their ratio (Ray Train overhead per step), Ray Train's
-fixed start-up (wall time minus epoch time) and the time its worker waited for data.
+Reports per-step time of each, their ratio (Ray Train overhead per step), the CPU time
+per step of the training process (the bench's process, the Ray Train worker's process),
+Ray Train's fixed start-up (wall time minus epoch time) and the time its worker waited
+for data.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ WORK = Path(__file__).resolve().parent / "_work" / "train"
 
 def plain_loop(
     data: Path, *, epochs: int, batch_size: int, threads: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     """Seconds per step of a plain in-process loop over the training split: whole steps
-    (batch indexing included) and compute only (forward, backward, optimizer step)."""
+    (batch indexing included), compute only (forward, backward, optimizer step), and the
+    process's CPU seconds per step (every thread)."""
     torch.set_num_threads(threads)
     table = pq.read_table(data / "shards")
     train = table.filter(np.array([s == "train" for s in table.column("split").to_pylist()]))
@@ -63,10 +66,11 @@ def plain_loop(
     )
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as training does
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-3)
-    steps, start, computed = 0, 0.0, 0.0
+    steps, start, computed, cpu_start = 0, 0.0, 0.0, 0.0
     for epoch in range(epochs):
         if epoch == 1:  # the first epoch warms the allocator, as Ray Train's does
             start, steps, computed = time.perf_counter(), 0, 0.0
+            cpu_start = time.process_time()
         order = torch.randperm(len(genre))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
@@ -80,7 +84,8 @@ def plain_loop(
             float(loss.detach())
             computed += time.perf_counter() - step_start
             steps += 1
-    return (time.perf_counter() - start) / steps, computed / steps, steps
+    cpu = (time.process_time() - cpu_start) / steps
+    return (time.perf_counter() - start) / steps, computed / steps, steps, cpu
 
 
 def ray_train(
@@ -113,6 +118,7 @@ def ray_train(
         "step": sum(h["train_seconds"] for h in later) / steps,
         "wait": sum(h["data_wait_seconds"] for h in later) / steps,
         "compute": sum(h["compute_seconds"] for h in later) / steps,
+        "cpu": sum(h["cpu_seconds"] for h in later) / steps,
         "steady": (sum(h["train_seconds"] for h in later) - first) / steps,
         "steady_wait": (sum(h["data_wait_seconds"] for h in later) - first) / steps,
         "fixed": wall - sum(h["train_seconds"] for h in history),
@@ -153,7 +159,7 @@ def main() -> None:
     run_ingest(load_config(IngestConfig, catalog=str(manifest), out=str(data)))
 
     variants = args.variant or [""]
-    plain_runs: list[tuple[float, float, int]] = []
+    plain_runs: list[tuple[float, float, int, float]] = []
     ray_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for _ in range(args.repeats):  # alternate, so drifts of a shared machine hit all
         plain_runs.append(
@@ -172,6 +178,7 @@ def main() -> None:
             )
     plain_step = float(np.median([r[0] for r in plain_runs]))
     plain_compute = float(np.median([r[1] for r in plain_runs]))
+    plain_cpu = float(np.median([r[3] for r in plain_runs]))
 
     spec = json.loads((data / "_dataset.json").read_text())["token_spec"]
     print(
@@ -201,6 +208,7 @@ def main() -> None:
                 ratio("steady", 0),
             ),
             ("s/step, compute only", plain_compute, ray("compute"), ratio("compute", 1)),
+            ("CPU s/step (the training process)", plain_cpu, ray("cpu"), ratio("cpu", 3)),
         ]
         for name, base, value, text in rows:
             print(f"| {name} | {base:.4f} | {value:.4f} | {text} |")

@@ -348,6 +348,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, config.epochs):
         net.train()
         started, waited, first_wait, computed = time.perf_counter(), 0.0, 0.0, 0.0
+        cpu_started = time.process_time()  # every thread of this worker, Ray's included
         losses: list[float] = []
         wait_start = time.perf_counter()
         for batch in batches(train_shard, shuffle=True):
@@ -372,6 +373,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             wait_start = time.perf_counter()
             computed += wait_start - step_start
         train_seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         val = evaluate(_gather(predict(net, batches(val_shard, shuffle=False))), genres, moods)
         f1 = float(val.get("macro_f1", 0.0))
         improved = f1 > best_f1
@@ -389,6 +391,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_seconds": train_seconds,
             "data_wait_seconds": waited,
             "compute_seconds": computed,
+            "cpu_seconds": cpu_seconds,
             "first_batch_wait_seconds": first_wait,
             "steps": len(losses),
         }

@@ -53,7 +53,10 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
         "val_log_loss",
         "val_per_class_f1",
         "data_wait_seconds",
+        "cpu_seconds",
     } <= set(epoch)
+    # the worker's CPU time over the steps: more than none, at most every core throughout
+    assert 0 < epoch["cpu_seconds"] <= (os.cpu_count() or 1) * epoch["train_seconds"] + 0.5
     loaded = ckpt.load_model(metrics["best_checkpoint"])  # weights_only=True inside
     assert loaded.version == metrics["model_version"] == result.metrics["model_version"]
     assert loaded.genres == ["ambient", "electronic", "rock"]
