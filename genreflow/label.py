@@ -40,8 +40,8 @@ class LabelConfig:
     actors: int | None = None  # model actors (one model copy each); None: see plan_actors
     gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
     cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
-    read_cpus: float = 0.25  # CPUs reserved per shard-read task
-    read_tasks: int | None = None  # shard reads at once; None: see plan_reads
+    read_cpus: float = 0.25  # CPUs reserved per shard reader and label-file write
+    read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
     torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
     shard_size: int = 32  # raw audio: tracks per decode task
@@ -102,13 +102,13 @@ def plan_actors(
 
 
 def plan_reads(config: LabelConfig, *, actors: int) -> int:
-    """How many shard reads run at once: the config's value where set.
+    """How many shard readers (long-lived actors) run: the config's value where set.
 
-    A read task makes about 500 tracks/s of blocks, a CPU actor labels about 100, so one
-    read per two CPU actors keeps them fed; a GPU actor labels thousands, so it gets two.
-    Without a limit Ray Data starts a read per free quarter CPU as the job starts, and on
-    a small machine those reads (each a worker process to start) take the cores the
-    model actors need to start: on 2 cores the actors' first call came 22 s into a
+    A reader makes about 500 tracks/s of blocks, a CPU actor labels about 100, so one
+    reader per two CPU actors keeps them fed; a GPU actor labels thousands, so it gets
+    two. Without a limit Ray Data starts a read per free quarter CPU as the job starts,
+    and on a small machine those reads (each a worker process to start) take the cores
+    the model actors need to start: on 2 cores the actors' first call came 22 s into a
     run instead of 13 s (bench/RESULTS.md).
     """
     if config.read_tasks is not None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -166,22 +166,32 @@ def read_parquet_files(
     num_cpus: float = 1.0,
     concurrency: int | None = None,
     task_bytes: int | None = None,
+    drop_ids: Collection[str] = (),
+    actors_from: int = 32,
 ) -> Any:
     """A Ray dataset of the named columns of Parquet files, given as ``(uri, bytes)``.
 
     Unlike ``ray.data.read_parquet`` nothing is read in the driver before the job
     starts: the Parquet reader samples files in tasks of their own to plan the read,
     and on a 2-core machine their worker processes start while the job waits (2–5 s a
-    label run, bench/RESULTS.md). Here the first read task is the first work. A task
-    reads consecutive files up to ``task_bytes`` (default: Ray Data's target block
-    size; one file when it is larger): a task per small file would pay a task's start
-    for kilobytes, and a whole worker process where Ray keeps few idle ones (1-CPU
-    nodes). Larger groups cost memory: a running read task's blocks cannot be held back,
-    and at 64 MiB a task the label job's peak grew 14 % from 2,880 to 28,800 tracks
-    instead of 7 % (bench/RESULTS.md). Each task streams its files in batches
-    of about Ray Data's target block size and hands unused Arrow memory back to the
-    system after each file, so a long-lived read worker does not keep the largest file
-    it read. ``concurrency`` caps the read tasks running at once.
+    label run, bench/RESULTS.md). Here the first read is the first work. A read takes
+    consecutive files up to ``task_bytes`` (default: Ray Data's target block size; one
+    file when it is larger): a read per small file would pay a task's start for
+    kilobytes, and a whole worker process where Ray keeps few idle ones (1-CPU nodes).
+    Larger groups cost memory: a running read's blocks cannot be held back, and at
+    64 MiB a read the label job's peak grew 14 % from 2,880 to 28,800 tracks instead of
+    7 % (bench/RESULTS.md). Each read streams its files in batches of about Ray Data's
+    target block size and hands unused Arrow memory back to the system after each file.
+
+    With ``concurrency`` and at least ``actors_from`` reads, the reads run in
+    ``concurrency`` long-lived reader actors. As tasks, a read whose worker process Ray
+    had let go while the job waited for the stages after it started a new process
+    (imports, a second or two of CPU), and the old one's heap lingered beside the new
+    one's: on 2 cores the label job labelled 28,800 tracks in 234 s instead of 315 s
+    with one reader actor (bench/RESULTS.md). A reader actor's own start costs 2–3 s
+    that a few reads do not earn back, so fewer reads stay tasks, at most
+    ``concurrency`` at once (as many as CPUs allow without it). Rows whose ``track_id``
+    is in ``drop_ids`` are left out as they are read.
     """
     import ray.data
 
@@ -190,14 +200,74 @@ def read_parquet_files(
     items = ray.data.from_items(
         [{"uris": g} for g in groups], override_num_blocks=max(1, len(groups))
     )
+    reader = {"columns": columns, "block_bytes": block_bytes, "drop_ids": frozenset(drop_ids)}
+    if concurrency is None or len(groups) < actors_from:
+        return items.map_batches(
+            _read_files,  # type: ignore[arg-type]
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=num_cpus,
+            compute=ray.data.TaskPoolStrategy(size=concurrency),
+            fn_kwargs=reader,
+        )
     return items.map_batches(
-        _read_files,  # type: ignore[arg-type]
+        ParquetReader,
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=num_cpus,
-        compute=ray.data.TaskPoolStrategy(size=concurrency),
-        fn_kwargs={"columns": columns, "block_bytes": block_bytes},
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        fn_constructor_kwargs=reader,
     )
+
+
+class ParquetReader:
+    """Reads the files named in a batch's ``uris`` column, block by block."""
+
+    def __init__(self, *, columns: list[str], block_bytes: int, drop_ids: frozenset[str]) -> None:
+        import pyarrow as pa
+
+        self.columns, self.block_bytes = columns, block_bytes
+        self.drop = pa.array(sorted(drop_ids), pa.string()) if drop_ids else None
+
+    def __call__(self, files: Any) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from genreflow import storage
+
+        for uri in (u for group in files.column("uris").to_pylist() for u in group):
+            fs, path = storage.resolve(uri)
+            try:
+                with fs.open_input_file(path) as handle:
+                    reader = pq.ParquetFile(handle)
+                    meta = reader.metadata
+                    if meta.num_rows == 0:
+                        continue
+                    row_bytes = max(
+                        1,
+                        sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+                        // meta.num_rows,
+                    )
+                    rows = max(1, self.block_bytes // row_bytes)
+                    for batch in reader.iter_batches(batch_size=rows, columns=self.columns):
+                        table = pa.Table.from_batches([batch])
+                        if self.drop is not None:
+                            keep = pc.invert(pc.is_in(table["track_id"], value_set=self.drop))
+                            table = table.filter(keep)
+                        if table.num_rows:
+                            yield table
+            except (OSError, pa.ArrowException) as exc:  # unreadable, or not Parquet at all
+                raise StorageError(f"cannot read Parquet {uri!r}: {exc}") from exc
+            finally:
+                pa.default_memory_pool().release_unused()
+
+
+def _read_files(
+    files: Any, *, columns: list[str], block_bytes: int, drop_ids: frozenset[str]
+) -> Iterator[Any]:
+    """A read as a task: a reader for one batch of file groups."""
+    yield from ParquetReader(columns=columns, block_bytes=block_bytes, drop_ids=drop_ids)(files)
 
 
 def group_files(files: Sequence[tuple[str, int]], *, task_bytes: int) -> list[list[str]]:
@@ -212,34 +282,6 @@ def group_files(files: Sequence[tuple[str, int]], *, task_bytes: int) -> list[li
         groups[-1].append(uri)
         size += nbytes
     return groups
-
-
-def _read_files(files: Any, *, columns: list[str], block_bytes: int) -> Iterator[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from genreflow import storage
-
-    for uri in (u for group in files.column("uris").to_pylist() for u in group):
-        fs, path = storage.resolve(uri)
-        try:
-            with fs.open_input_file(path) as handle:
-                reader = pq.ParquetFile(handle)
-                meta = reader.metadata
-                if meta.num_rows == 0:
-                    continue
-                row_bytes = max(
-                    1,
-                    sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-                    // meta.num_rows,
-                )
-                rows = max(1, block_bytes // row_bytes)
-                for batch in reader.iter_batches(batch_size=rows, columns=columns):
-                    yield pa.Table.from_batches([batch])
-        except (OSError, pa.ArrowException) as exc:  # unreadable, or not Parquet at all
-            raise StorageError(f"cannot read Parquet {uri!r}: {exc}") from exc
-        finally:
-            pa.default_memory_pool().release_unused()
 
 
 @contextlib.contextmanager

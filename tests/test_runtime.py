@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray.data
@@ -31,8 +32,18 @@ def test_memory_limit_reaches_datasets_made_inside_and_is_restored() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.parametrize("task_bytes", [1, 2**30])  # a task per file; one task for all
-def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path, task_bytes: int) -> None:
+@pytest.mark.parametrize(
+    ("task_bytes", "concurrency", "actors_from", "drop"),
+    [
+        (1, None, 1, False),  # a task per file
+        (2**30, None, 1, False),  # one task for all
+        (1, 2, 1, True),  # two reader actors, some ids left out
+        (1, 2, 4, True),  # fewer reads than actors_from: tasks, some ids left out
+    ],
+)
+def test_parquet_files_read_as_pyarrow_reads_them(
+    tmp_path: Path, task_bytes: int, concurrency: int | None, actors_from: int, drop: bool
+) -> None:
     tensor = pa.fixed_shape_tensor(pa.float16(), [2, 3])
     rng = np.random.default_rng(0)
     uris = []
@@ -50,6 +61,9 @@ def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path, task_bytes: in
         pq.write_table(table, uri, row_group_size=3)
         uris.append(uri)
     expected = pa.concat_tables(pq.read_table(u, columns=["track_id", "tokens"]) for u in uris)
+    dropped = {"f0-1", "f2-0", "f2-1", "f2-2", "f2-3", "f2-4", "f2-5", "f2-6"} if drop else set()
+    left_out = pc.is_in(expected["track_id"], pa.array(sorted(dropped), pa.string()))
+    expected = expected.filter(pc.invert(left_out))
 
     with data_memory_limit(None, block_mb=30 / 2**20):  # blocks of a row or two
         ds = read_parquet_files(
@@ -57,9 +71,15 @@ def test_parquet_files_read_as_pyarrow_reads_them(tmp_path: Path, task_bytes: in
             columns=["track_id", "tokens"],
             num_cpus=0.25,
             task_bytes=task_bytes,
+            concurrency=concurrency,
+            drop_ids=dropped,
+            actors_from=actors_from,
         ).materialize()
         got = ds.to_pandas().sort_values("track_id").reset_index(drop=True)
         assert ds.num_blocks() > len(uris)
+        # long-lived reader actors only with a cap and enough reads (task_bytes=1: one a file)
+        in_actors = concurrency is not None and task_bytes == 1 and len(uris) >= actors_from
+        assert ("ParquetReader" in ds.stats()) == in_actors
 
     want = expected.sort_by("track_id")
     assert list(got.columns) == ["track_id", "tokens"]

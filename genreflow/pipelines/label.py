@@ -260,15 +260,10 @@ def _write_labels(
             columns=columns,
             num_cpus=config.read_cpus,
             concurrency=plan_reads(config, actors=config.actors or 1),
+            drop_ids=done,  # labelled by this model version in an earlier run
         )
         tracks_in = int(manifest["counts"]["rows"])
         todo = tracks_in - len(done)
-        if done:
-            ds = ds.map_batches(
-                _drop_done,
-                fn_kwargs={"done": done},
-                batch_format="pandas",
-            )
     skipped = tracks_in - todo
     labelled = 0
     if todo:
@@ -302,10 +297,6 @@ def _write_labels(
         files = storage.list_files(partition, suffix=".parquet")
         labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
     return tracks_in, skipped, labelled
-
-
-def _drop_done(batch: pd.DataFrame, *, done: set[str]) -> pd.DataFrame:
-    return batch[~batch["track_id"].isin(done)]
 
 
 def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:
