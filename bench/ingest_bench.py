@@ -151,12 +151,14 @@ class PeakRss:
     ``peak`` sums RSS, which counts a shared page (Ray's object store is shared memory)
     once in every process that touched it; ``peak_pss`` (with ``pss=True``) sums PSS,
     which splits each shared page between the processes mapping it, so shared pages
-    count once: the machine's memory actually in use.
+    count once: the machine's memory actually in use. ``pss_samples`` keeps every
+    sample's sum, for the level over a run beside its single highest sample.
     """
 
     def __init__(self, *, pss: bool = False) -> None:
         self.peak = 0
         self.peak_pss = 0
+        self.pss_samples: list[int] = []
         self._pss = pss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -176,6 +178,8 @@ class PeakRss:
                         total += proc.memory_info().rss
             self.peak = max(self.peak, total)
             self.peak_pss = max(self.peak_pss, total_pss)
+            if self._pss:
+                self.pss_samples.append(total_pss)
             time.sleep(0.1)
 
     def __enter__(self) -> PeakRss:

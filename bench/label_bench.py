@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -109,9 +110,10 @@ def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> floa
     return result.labelled / result.seconds
 
 
-def job_memory(copies: int, checkpoint: str, batch_size: int) -> tuple[int, int]:
-    """Peak (RSS, PSS) of one label job over the shards repeated ``copies`` times, run in
-    a fresh process that starts its own Ray."""
+def job_memory(copies: int, checkpoint: str, batch_size: int) -> tuple[int, ...]:
+    """Peak RSS and PSS, and the median and 95th percentile of the PSS samples (every
+    0.1 s), of one label job over the shards repeated ``copies`` times, run in a fresh
+    process that starts its own Ray."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory-of", str(copies), "--batch-size", str(batch_size)],
         capture_output=True,
@@ -119,7 +121,7 @@ def job_memory(copies: int, checkpoint: str, batch_size: int) -> tuple[int, int]
         check=True,
     ).stdout
     peak = json.loads(out.strip().splitlines()[-1])
-    return int(peak["rss"]), int(peak["pss"])
+    return int(peak["rss"]), int(peak["pss"]), int(peak["pss_p50"]), int(peak["pss_p95"])
 
 
 def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
@@ -132,7 +134,17 @@ def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
     with PeakRss(pss=True) as memory:
         run_label(config)
     ray.shutdown()
-    print(json.dumps({"rss": memory.peak, "pss": memory.peak_pss}))
+    level = np.percentile(memory.pss_samples, [50, 95])
+    print(
+        json.dumps(
+            {
+                "rss": memory.peak,
+                "pss": memory.peak_pss,
+                "pss_p50": float(level[0]),
+                "pss_p95": float(level[1]),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -229,16 +241,25 @@ def main() -> None:
     print_memory(memory, rows_1)
 
 
-def print_memory(memory: dict[int, tuple[int, int]], rows_1: int) -> None:
+def print_memory(memory: dict[int, tuple[int, ...]], rows_1: int) -> None:
     if not memory:
         return
-    print("\npeak memory of one label job in a fresh process (its own Ray), MiB:\n")
-    print("| catalog | tracks | RSS | PSS | PSS against the catalog 10x smaller |")
-    print("| --- | --- | --- | --- | --- |")
-    for n, (rss, pss) in memory.items():
+    print("\nmemory of one label job in a fresh process (its own Ray), MiB:\n")
+    print(
+        "| catalog | tracks | peak RSS | peak PSS | PSS median | PSS 95th percentile "
+        "| peak, median, 95th against the catalog 10x smaller |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    mib = 2**20
+    for n, (rss, pss, p50, p95) in memory.items():
         tenth = memory.get(n // 10) if n % 10 == 0 else None
-        against = f"{pss / tenth[1]:.2f}" if tenth else ""
-        print(f"| x{n} | {rows_1 * n} | {rss / 2**20:.0f} | {pss / 2**20:.0f} | {against} |")
+        against = (
+            f"{pss / tenth[1]:.2f}, {p50 / tenth[2]:.2f}, {p95 / tenth[3]:.2f}" if tenth else ""
+        )
+        print(
+            f"| x{n} | {rows_1 * n} | {rss / mib:.0f} | {pss / mib:.0f} | {p50 / mib:.0f} "
+            f"| {p95 / mib:.0f} | {against} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from genreflow.ingest import IngestConfig, mood_index
 from genreflow.models import build_model
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.train import run_train
+from genreflow.runtime import init_ray
 from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec
 from genreflow.train import TrainConfig, batch_loss
@@ -158,6 +159,9 @@ def main() -> None:
     data = args.work / "dataset"
     run_ingest(load_config(IngestConfig, catalog=str(manifest), out=str(data)))
 
+    # Ray is up before the first round, so every plain loop runs beside the same idle Ray
+    # processes (otherwise the first round's would run on a machine without them)
+    init_ray(num_cpus=os.cpu_count())
     variants = args.variant or [""]
     plain_runs: list[tuple[float, float, int, float]] = []
     ray_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
