@@ -36,11 +36,14 @@ class LabelConfig:
     out: str = ""  # labels folder: one partition per run
     top_k: int = 3
     moments: int = 3  # signature moments per track
-    batch_size: int = 32  # tracks per model call
+    batch_size: int = 32  # tracks per call of a model actor (one output block each)
+    model_batch: int | None = None  # tracks per forward pass within a call; None: 8 on
+    # CPU, where a few tracks' activations stay in cache and the actor's heap stays
+    # small, the whole call's batch on a GPU
     actors: int | None = None  # model actors (one model copy each); None: see plan_actors
     gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
     cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
-    read_cpus: float = 0.25  # CPUs reserved per shard reader and label-file write
+    read_cpus: float = 0.25  # CPUs reserved per shard reader
     read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
     torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
@@ -59,7 +62,15 @@ class LabelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "moments", "batch_size", "actors", "shard_size", "read_tasks"):
+        for name in (
+            "top_k",
+            "moments",
+            "batch_size",
+            "model_batch",
+            "actors",
+            "shard_size",
+            "read_tasks",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -181,6 +192,7 @@ class Labeller:
         moments: int,
         device: str = "auto",
         threads: int | None = None,
+        model_batch: int | None = None,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -194,32 +206,56 @@ class Labeller:
         self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.top_k = min(top_k, len(self.loaded.genres))
         self.moments = moments
+        # On CPU the forward pass of 8 tracks runs as fast per track as one of 32 or
+        # faster, and its activations take 130 MiB less of the actor's heap
+        # (bench/RESULTS.md); a GPU wants the whole batch.
+        self.model_batch = model_batch or (8 if self.device.type == "cpu" else None)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        loaded = self.loaded
-        tokens = torch.from_numpy(np.array(batch["tokens"], dtype=np.float32)).to(self.device)
+    def _forward(
+        self, tokens: np.ndarray, texts: list[str | None] | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One forward pass: genre probabilities, L2-normalised embeddings, token weights
+        and mood probabilities (None where the model has no such head)."""
+        x = torch.from_numpy(np.array(tokens, dtype=np.float32)).to(self.device)
         lyrics = None
-        if loaded.lyrics_vocab is not None:
+        if texts is not None:
+            assert self.loaded.lyrics_vocab is not None
             hp = self.model.hp  # the checkpoint's preset: the same bounds as in training
-            texts = [
-                t if isinstance(t, str) else None for t in batch.get("lyrics", [None] * len(tokens))
-            ]
             lyrics = torch.from_numpy(
-                loaded.lyrics_vocab.encode_batch(
+                self.loaded.lyrics_vocab.encode_batch(
                     texts, max_sentences=int(hp["max_sentences"]), max_words=int(hp["max_words"])
                 )
             ).to(self.device)
         with torch.no_grad():
-            out = self.model(tokens, lyrics=lyrics)
+            out = self.model(x, lyrics=lyrics)
         genre_p = torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy()
-        embedding = out.embedding.float()
-        embedding = torch.nn.functional.normalize(embedding, dim=1).cpu().numpy().astype(np.float32)
+        embedding = torch.nn.functional.normalize(out.embedding.float(), dim=1)
         weights = out.token_weights.float().cpu().numpy() if out.token_weights is not None else None
         mood_p = (
             torch.softmax(out.mood_logits.float(), dim=1).cpu().numpy()
             if out.mood_logits is not None
             else None
         )
+        return genre_p, embedding.cpu().numpy().astype(np.float32), weights, mood_p
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        loaded = self.loaded
+        tokens = np.asarray(batch["tokens"])
+        texts: list[str | None] | None = None
+        if loaded.lyrics_vocab is not None:
+            texts = [
+                t if isinstance(t, str) else None for t in batch.get("lyrics", [None] * len(tokens))
+            ]
+        step = self.model_batch or max(1, len(tokens))
+        parts = [
+            self._forward(tokens[i : i + step], None if texts is None else texts[i : i + step])
+            for i in range(0, max(len(tokens), 1), step)  # an empty batch: one empty pass
+        ]
+        genre_p, embedding, weights, mood_p = (
+            None if column[0] is None else np.concatenate(column)
+            for column in zip(*parts, strict=True)
+        )
+        assert genre_p is not None and embedding is not None
         genres, moods = loaded.genres, loaded.moods
         n = len(genre_p)
         top = np.argsort(-genre_p, axis=1, kind="stable")[:, : self.top_k]

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from genreflow import checkpoint as ckpt
@@ -277,6 +278,7 @@ def _write_labels(
                 "moments": config.moments,
                 "device": "cuda" if use_gpu else config.device,
                 "threads": config.torch_threads or max(1, math.ceil(cpus)),
+                "model_batch": config.model_batch,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -284,18 +286,17 @@ def _write_labels(
             num_cpus=cpus,
             num_gpus=config.gpus_per_actor if use_gpu else None,
         )
-        fs, path = storage.resolve(partition)
-        # label rows are small: files of a few thousand rows, not one per model batch.
-        # The write is a task stage of its own; at Ray's default of one CPU it could not
-        # start while the actors and a read hold all but 0.75 of 2 CPUs.
-        labels.write_parquet(
-            path,
-            filesystem=fs,
-            min_rows_per_file=LABEL_FILE_ROWS,
-            ray_remote_args={"num_cpus": config.read_cpus},
-        )
-        files = storage.list_files(partition, suffix=".parquet")
-        labelled = sum(t.num_rows for t in storage.read_parquet_columns(files, ["track_id"]))
+        # The job's own process writes the label files as the rows stream in: label rows
+        # are small (about 350 bytes a track), and a write stage of tasks started a
+        # worker process for each file once the actors held every idle worker, its
+        # 140 MiB heap coming and going beside them (bench/RESULTS.md). Each file is
+        # written whole or not at all; the run record marks the partition complete.
+        for i, batch in enumerate(
+            labels.iter_batches(batch_size=LABEL_FILE_ROWS, batch_format="pyarrow")
+        ):
+            assert isinstance(batch, pa.Table)
+            storage.write_parquet_atomic(batch, storage.join(partition, f"labels-{i:05d}.parquet"))
+            labelled += batch.num_rows
     return tracks_in, skipped, labelled
 
 

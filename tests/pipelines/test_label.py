@@ -47,6 +47,7 @@ def test_labels_equal_the_in_process_model(
         dataset,
         tmp_path / "labels",
         "batch_size=7",
+        "model_batch=3",  # each call of 7 tracks runs the model on 3 + 3 + 1
         "top_k=2",
         "inflight_gb=0.001",  # below one block: the job still moves, a block at a time
     )
