@@ -49,7 +49,9 @@ def plain(shards: Path, checkpoint: str, batch_size: int, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start = time.perf_counter()
-    labeller = Labeller(checkpoint, top_k=3, moments=3, device="cpu")
+    # one forward pass per batch on both cores: this loop's fastest (passes of 8 tracks,
+    # the model actors' default, labelled 69-89 tracks/s against 92-104: bench/RESULTS.md)
+    labeller = Labeller(checkpoint, top_k=3, moments=3, device="cpu", model_batch=batch_size)
     files = sorted(shards.glob("*.parquet"))
     rows = 0
     for f in files:
