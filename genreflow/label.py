@@ -206,8 +206,8 @@ class Labeller:
         self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.top_k = min(top_k, len(self.loaded.genres))
         self.moments = moments
-        # On CPU the forward pass of 8 tracks runs as fast per track as one of 32 or
-        # faster, and its activations take 130 MiB less of the actor's heap
+        # On a CPU actor's one thread a forward pass of 8 tracks runs as fast per track
+        # as one of 32, and its activations take 130 MiB less of the actor's heap
         # (bench/RESULTS.md); a GPU wants the whole batch.
         self.model_batch = model_batch or (8 if self.device.type == "cpu" else None)
 

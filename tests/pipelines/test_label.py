@@ -94,10 +94,14 @@ def test_a_cpu_labeller_runs_on_the_threads_it_is_given(trained_checkpoint: str)
         labeller = Labeller(trained_checkpoint, top_k=1, moments=1, device="cpu", threads=1)
         assert torch.get_num_threads() == 1
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in labeller.model.modules())
+        assert labeller.model_batch == 8  # forward passes of 8 tracks on a CPU
+        assert Labeller(trained_checkpoint, top_k=1, moments=1, model_batch=5).model_batch == 5
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="torch_threads"):
         LabelConfig(torch_threads=0)
+    with pytest.raises(ConfigError, match="model_batch"):
+        LabelConfig(model_batch=0)
 
 
 def test_a_pool_asking_for_missing_gpus_is_refused_before_it_starts(
