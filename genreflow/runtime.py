@@ -20,6 +20,14 @@ from genreflow.errors import ConfigError, GenreflowError, StorageError
 
 log = logging.getLogger(__name__)
 
+# Ray Train starts a detached actor per run that asks Ray's state API, once a second,
+# whether the run's controller still lives, to free its placement group if not. The state
+# API is served by the dashboard, which a local Ray here goes without (it costs about
+# 200 MiB and 2 s of start on 2 cores): every question fails, and each failure logged a
+# warning that reached the console once a second for the whole run. On a local Ray the
+# controller and that placement group end with the process anyway.
+STATE_API_PROBES = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process.
@@ -44,7 +52,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if target:
             ray.init(address=target, **kwargs)
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                # a module path: Ray imports it in every worker process of the job
+                runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_state_api_probes"},
+                **kwargs,
+            )
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         raise GenreflowError(
             f"cannot reach the Ray cluster at {target!r}: {exc}. Check the address "
@@ -58,6 +73,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         resources.get("GPU", 0),
         len(ray.nodes()),
     )
+
+
+def quiet_state_api_probes() -> None:
+    """Worker setup of a local Ray without a dashboard: the loggers of
+    ``STATE_API_PROBES`` keep their errors and drop the warnings that the state API
+    cannot be reached."""
+    for name in STATE_API_PROBES:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
