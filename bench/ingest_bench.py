@@ -42,6 +42,7 @@ from genreflow.demo_catalog import STYLES, synth_track
 from genreflow.features import log_mel_for_spec
 from genreflow.ingest import IngestConfig, ingest_shard, tokenize_track
 from genreflow.pipelines.ingest import run_ingest
+from genreflow.runtime import local_ray_options
 from genreflow.tokens import TokenSpec, cut_tokens
 
 WORK = Path(__file__).resolve().parent / "_work"
@@ -145,6 +146,21 @@ def pool_ingest(manifest: Path, out: Path, spec: TokenSpec, shard_size: int, wor
         return len(tracks) / (time.perf_counter() - t)
 
 
+def process_role(proc: psutil.Process, me: int) -> str:
+    """What a process of a run is: ``job`` (the measuring process itself), a Ray worker
+    by the actor or task it runs (``MapWorker(MapBatches(Labeller))``, ``_StatsActor``,
+    ``IDLE``), or one of Ray's services by its program (``gcs_server``, ``raylet``...)."""
+    if proc.pid == me:
+        return "job"
+    cmd = proc.cmdline()
+    first = cmd[0] if cmd else proc.name()
+    if first.startswith("ray::"):
+        name = first[len("ray::") :].split()[0]  # the title names the running method
+        return name[: name.rindex(")") + 1] if ")." in name else name.split(".")[0]
+    program = next((Path(c).name for c in cmd if c.endswith(".py")), Path(first).name)
+    return program.removesuffix(".py")
+
+
 class PeakRss:
     """Samples the summed memory of this process tree and every Ray process it started.
 
@@ -152,13 +168,16 @@ class PeakRss:
     once in every process that touched it; ``peak_pss`` (with ``pss=True``) sums PSS,
     which splits each shared page between the processes mapping it, so shared pages
     count once: the machine's memory actually in use. ``pss_samples`` keeps every
-    sample's sum, for the level over a run beside its single highest sample.
+    sample's sum, for the level over a run beside its single highest sample, and
+    ``roles`` each sample's PSS by role (``process_role``; processes of one role summed),
+    to tell which processes a difference between two runs lies in.
     """
 
     def __init__(self, *, pss: bool = False) -> None:
         self.peak = 0
         self.peak_pss = 0
         self.pss_samples: list[int] = []
+        self.roles: list[dict[str, int]] = []
         self._pss = pss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -167,6 +186,7 @@ class PeakRss:
         me = psutil.Process()
         while not self._stop.is_set():
             total = total_pss = 0
+            roles: dict[str, int] = {}
             procs = [me, *me.children(recursive=True)]
             for proc in procs:
                 with contextlib.suppress(psutil.Error):  # a process may end meanwhile
@@ -174,13 +194,27 @@ class PeakRss:
                         info = proc.memory_full_info()
                         total_pss += info.pss
                         total += info.rss
+                        role = process_role(proc, me.pid)
+                        roles[role] = roles.get(role, 0) + info.pss
                     else:
                         total += proc.memory_info().rss
             self.peak = max(self.peak, total)
             self.peak_pss = max(self.peak_pss, total_pss)
             if self._pss:
                 self.pss_samples.append(total_pss)
+                self.roles.append(roles)
             time.sleep(0.1)
+
+    def roles_at_peak(self) -> dict[str, int]:
+        """PSS by role in the sample of the highest total."""
+        return self.roles[int(np.argmax(self.pss_samples))] if self.roles else {}
+
+    def roles_median(self) -> dict[str, float]:
+        """Each role's median PSS over the samples (0 where it had no process)."""
+        names = {name for sample in self.roles for name in sample}
+        return {
+            name: float(np.median([sample.get(name, 0) for sample in self.roles])) for name in names
+        }
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -217,7 +251,7 @@ def main() -> None:
     repeated = catalog(paths, args.repeat)
     import ray
 
-    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    ray.init(**local_ray_options(cores), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_ingest(catalog(paths, 1), WORK / "ray-warm", args.shard_size)  # start Ray's workers
     pools, rays = [], []

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,7 @@ from genreflow import storage
 from genreflow.config import load_config
 from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.label import run_label
+from genreflow.runtime import local_ray_options
 from genreflow.schema import tokens_numpy
 
 WORK = Path(__file__).resolve().parent / "_work" / "train"
@@ -112,25 +114,24 @@ def ray_label(source: Path, checkpoint: str, out: Path, batch_size: int) -> floa
     return result.labelled / result.seconds
 
 
-def job_memory(copies: int, checkpoint: str, batch_size: int) -> tuple[int, ...]:
-    """Peak RSS and PSS, and the median and 95th percentile of the PSS samples (every
-    0.1 s), of one label job over the shards repeated ``copies`` times, run in a fresh
-    process that starts its own Ray."""
+def job_memory(copies: int, checkpoint: str, batch_size: int) -> dict[str, Any]:
+    """Peak RSS and PSS, the median and 95th percentile of the PSS samples (every
+    0.1 s), and PSS by process role at the peak and in the median, of one label job over
+    the shards repeated ``copies`` times, run in a fresh process that starts its own Ray."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory-of", str(copies), "--batch-size", str(batch_size)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    peak = json.loads(out.strip().splitlines()[-1])
-    return int(peak["rss"]), int(peak["pss"]), int(peak["pss_p50"]), int(peak["pss_p95"])
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
     import ray
 
     dataset = WORK / "dataset" if copies == 1 else grown_dataset(WORK / "dataset", copies)
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(**local_ray_options(os.cpu_count()), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     config = label_config(dataset, checkpoint, WORK / "labels-memory", batch_size)
     with PeakRss(pss=True) as memory:
@@ -144,6 +145,8 @@ def memory_child(copies: int, checkpoint: str, batch_size: int) -> None:
                 "pss": memory.peak_pss,
                 "pss_p50": float(level[0]),
                 "pss_p95": float(level[1]),
+                "roles_at_peak": memory.roles_at_peak(),
+                "roles_median": memory.roles_median(),
             }
         )
     )
@@ -189,7 +192,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    ray.init(**local_ray_options(cores), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_label(dataset, checkpoint, WORK / "labels-warm", args.batch_size)
     plain_rate = plain(dataset / "shards", checkpoint, args.batch_size, WORK / "plain-labels")
@@ -243,7 +246,7 @@ def main() -> None:
     print_memory(memory, rows_1)
 
 
-def print_memory(memory: dict[int, tuple[int, ...]], rows_1: int) -> None:
+def print_memory(memory: dict[int, dict[str, Any]], rows_1: int) -> None:
     if not memory:
         return
     print("\nmemory of one label job in a fresh process (its own Ray), MiB:\n")
@@ -253,15 +256,37 @@ def print_memory(memory: dict[int, tuple[int, ...]], rows_1: int) -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     mib = 2**20
-    for n, (rss, pss, p50, p95) in memory.items():
+    for n, m in memory.items():
         tenth = memory.get(n // 10) if n % 10 == 0 else None
         against = (
-            f"{pss / tenth[1]:.2f}, {p50 / tenth[2]:.2f}, {p95 / tenth[3]:.2f}" if tenth else ""
+            f"{m['pss'] / tenth['pss']:.2f}, {m['pss_p50'] / tenth['pss_p50']:.2f}, "
+            f"{m['pss_p95'] / tenth['pss_p95']:.2f}"
+            if tenth
+            else ""
         )
         print(
-            f"| x{n} | {rows_1 * n} | {rss / mib:.0f} | {pss / mib:.0f} | {p50 / mib:.0f} "
-            f"| {p95 / mib:.0f} | {against} |"
+            f"| x{n} | {rows_1 * n} | {m['rss'] / mib:.0f} | {m['pss'] / mib:.0f} "
+            f"| {m['pss_p50'] / mib:.0f} | {m['pss_p95'] / mib:.0f} | {against} |"
         )
+    for n, m in memory.items():
+        tenth = memory.get(n // 10) if n % 10 == 0 else None
+        if tenth is None:
+            continue
+        print(f"\nPSS by process, MiB (processes of one kind summed), x{n // 10} and x{n}:\n")
+        print(f"| process | at the peak, x{n // 10} | x{n} | median, x{n // 10} | x{n} |")
+        print("| --- | --- | --- | --- | --- |")
+        roles = sorted(
+            set(m["roles_median"]) | set(tenth["roles_median"]),
+            key=lambda r: -m["roles_median"].get(r, 0),
+        )
+        for role in roles:
+            cells = [
+                run[key].get(role, 0) / mib
+                for key in ("roles_at_peak", "roles_median")
+                for run in (tenth, m)
+            ]
+            if max(cells) >= 1:
+                print(f"| {role} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

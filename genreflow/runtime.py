@@ -1,7 +1,6 @@
 """Starting or joining Ray: the one place jobs and the CLI call ``ray.init``.
 
-No address and no ``RAY_ADDRESS``: an embedded local Ray (``address="local"``, so a
-stale cluster file left by ``ray stop`` is never joined by mistake). Under
+No address and no ``RAY_ADDRESS``: an embedded local Ray (``local_ray_options``). Under
 ``ray job submit`` the job's environment carries ``RAY_ADDRESS`` and the job joins
 that cluster.
 """
@@ -22,11 +21,33 @@ log = logging.getLogger(__name__)
 
 # Ray Train starts a detached actor per run that asks Ray's state API, once a second,
 # whether the run's controller still lives, to free its placement group if not. The state
-# API is served by the dashboard, which a local Ray here goes without (it costs about
-# 200 MiB and 2 s of start on 2 cores): every question fails, and each failure logged a
-# warning that reached the console once a second for the whole run. On a local Ray the
-# controller and that placement group end with the process anyway.
+# API is served by the dashboard, which the local Ray goes without: every question fails,
+# and each failure logged a warning that reached the console once a second for the whole
+# run. On a local Ray the controller and that placement group end with the process anyway.
 STATE_API_PROBES = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def local_ray_options(num_cpus: int | None = None) -> dict[str, Any]:
+    """``ray.init`` arguments of the embedded local Ray, which jobs and the CLI start
+    without an address (the benches and tests start the same one).
+
+    - No dashboard: it costs about 200 MiB and 2 s of start on 2 cores.
+    - No metrics collection: with no dashboard nothing reads Ray's metrics, and their
+      collection grew Ray Data's stats actor by 20–35 MiB over 28,800 labelled tracks
+      and took a share of the CPU in every process (bench/RESULTS.md).
+    - ``address="local"``: a stale cluster file left by ``ray stop`` is never joined.
+
+    A run that wants Ray's dashboard and metrics starts a cluster (``ray start --head``)
+    and sets ``RAY_ADDRESS``.
+    """
+    return {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "include_dashboard": False,
+        # a module path: Ray imports it in every worker process of the job
+        "runtime_env": {"worker_process_setup_hook": f"{__name__}.quiet_state_api_probes"},
+        "_system_config": {"enable_metrics_collection": False},
+    }
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -52,14 +73,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if target:
             ray.init(address=target, **kwargs)
         else:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                # a module path: Ray imports it in every worker process of the job
-                runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_state_api_probes"},
-                **kwargs,
-            )
+            ray.init(**local_ray_options(num_cpus), **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         raise GenreflowError(
             f"cannot reach the Ray cluster at {target!r}: {exc}. Check the address "
@@ -76,7 +90,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 
 
 def quiet_state_api_probes() -> None:
-    """Worker setup of a local Ray without a dashboard: the loggers of
+    """Worker setup of the local Ray, which has no dashboard: the loggers of
     ``STATE_API_PROBES`` keep their errors and drop the warnings that the state API
     cannot be reached."""
     for name in STATE_API_PROBES:

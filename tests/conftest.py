@@ -21,11 +21,13 @@ def free_port() -> int:
 
 
 def start_session_ray() -> None:
-    """The session's local Ray: 2 CPUs, no dashboard, quiet."""
+    """The session's local Ray: the jobs' local Ray with 2 CPUs, quiet."""
     import ray
 
+    from genreflow.runtime import local_ray_options
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(**local_ray_options(2), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
