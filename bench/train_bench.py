@@ -6,8 +6,9 @@ Builds (once, in bench/_work) a demo catalog and its token shards, then trains t
 signature_attention model for the same epochs and batch size twice:
 
 1. plain: the shards read into memory with pyarrow, batches fed to the same
-   ``batch_loss`` and optimizer in this process (torch threads = cores);
-2. Ray Train: ``genreflow train`` with one worker holding every core.
+   ``batch_loss`` and optimizer in this process (``--threads`` torch threads);
+2. Ray Train: ``genreflow train`` with one worker of ``--threads`` CPUs and torch threads
+   (default: every core; 1 is the train config's default).
 
 Reports per-step time of each, their ratio (Ray Train overhead per step), the CPU time
 per step of the training process (the bench's process, the Ray Train worker's process),
@@ -165,19 +166,25 @@ def main() -> None:
     variants = args.variant or [""]
     plain_runs: list[tuple[float, float, int, float]] = []
     ray_runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    for _ in range(args.repeats):  # alternate, so drifts of a shared machine hit all
-        plain_runs.append(
-            plain_loop(data, epochs=args.epochs, batch_size=args.batch_size, threads=cores)
-        )
-        for variant in variants:
-            ray_runs[variant].append(
+    sides: list[str | None] = [None, *variants]  # None: the plain loop
+    for round_ in range(args.repeats):
+        # alternate, so that drifts of a shared machine hit every side, and rotate the
+        # order, so that no side always runs first or right after a Ray Train run
+        turn = round_ % len(sides)
+        for side in sides[turn:] + sides[:turn]:
+            if side is None:
+                plain_runs.append(
+                    plain_loop(data, epochs=args.epochs, batch_size=args.batch_size, threads=cores)
+                )
+                continue
+            ray_runs[side].append(
                 ray_train(
                     data,
                     args.work / "ray-run",
                     epochs=args.epochs,
                     batch_size=args.batch_size,
                     cores=cores,
-                    extra=[kv for kv in variant.split(",") if kv],
+                    extra=[kv for kv in side.split(",") if kv],
                 )
             )
     plain_step = float(np.median([r[0] for r in plain_runs]))
@@ -190,7 +197,8 @@ def main() -> None:
         f"{cores} torch threads in each loop; "
         f"tiny signature_attention, tokens {spec['n_tokens']}x{spec['n_mels']}, "
         f"batch {args.batch_size}, {plain_runs[0][2]} steps measured per loop, "
-        f"medians of {args.repeats} alternating runs (ratios: run by run, then their median)"
+        f"medians of {args.repeats} rounds, each side once a round in a rotating order "
+        "(ratios: round by round against that round's plain loop, then their median)"
     )
     for variant, runs in ray_runs.items():
 

@@ -65,6 +65,10 @@ class TrainConfig:
     max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
     health_check_s: float = 0.5  # how often Ray Train's controller polls its workers; each
     # start, end and failure waits for a poll (Ray's own default, 2 s, adds seconds a run)
+    worker_niceness: int | None = 0  # added to the training workers' nice value. Ray adds
+    # 15 to its workers', which puts them below its own services and any ordinary process;
+    # a training worker does the run's work, so by default it keeps an ordinary share.
+    # None: Ray's 15
     storage_path: str | None = None  # checkpoints; default <out>/checkpoints
     resume: bool = False  # continue the run in `out` from its latest checkpoint
     folds: int = 0  # k-fold cross-validation over the training split; 0: off
@@ -86,6 +90,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.prefetch_batches is not None and self.prefetch_batches < 0:
             raise ConfigError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
+        if self.worker_niceness is not None and not 0 <= self.worker_niceness <= 19:
+            raise ConfigError(f"worker_niceness must be 0-19 or null, got {self.worker_niceness}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"folds must be 0 (off) or >= 2, got {self.folds}")
 
@@ -394,6 +400,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "cpu_seconds": cpu_seconds,
             "first_batch_wait_seconds": first_wait,
             "steps": len(losses),
+            "torch_threads": torch.get_num_threads(),
+            "niceness": os.nice(0),  # this thread's; threads inherit it
         }
         if context.get_world_size() > 1:
             metrics["replicas_in_sync"] = _replicas_in_sync(net)

@@ -62,6 +62,13 @@ def test_bad_values_are_config_errors(override: str, match: str) -> None:
         load_config(IngestConfig, overrides=[override])
 
 
+@pytest.mark.parametrize("value", ["-1", "20"])
+def test_worker_niceness_is_an_unprivileged_increment(value: str) -> None:
+    with pytest.raises(ConfigError, match="worker_niceness must be 0-19 or null"):
+        load_config(TrainConfig, overrides=[f"worker_niceness={value}"])
+    assert load_config(TrainConfig, overrides=["worker_niceness=null"]).worker_niceness is None
+
+
 def test_a_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):

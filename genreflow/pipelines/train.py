@@ -224,12 +224,18 @@ def _fit(
                 **({"GPU": 1} if config.use_gpu else {}),
             },
         ),
-        run_config=ray.train.RunConfig(
+        # ray.train exports Train V2's RunConfig when V2 is on (the default); mypy sees V1's
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=_storage_path(config),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
+            ),
+            worker_runtime_env=(
+                {}
+                if config.worker_niceness is None
+                else {"env_vars": {"RAY_worker_niceness": str(config.worker_niceness)}}
             ),
         ),
         datasets=datasets,

@@ -55,6 +55,8 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
         "data_wait_seconds",
         "cpu_seconds",
     } <= set(epoch)
+    # the worker keeps an ordinary process's priority (Ray's default adds 15), one thread a CPU
+    assert (epoch["niceness"], epoch["torch_threads"]) == (os.nice(0), 1)
     # the worker's CPU time over the steps: more than none, at most every core throughout
     assert 0 < epoch["cpu_seconds"] <= (os.cpu_count() or 1) * epoch["train_seconds"] + 0.5
     loaded = ckpt.load_model(metrics["best_checkpoint"])  # weights_only=True inside
@@ -74,9 +76,14 @@ def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: 
     out = tmp_path / "ddp"
     # cache=never: the splits stream from the shards through Ray Data every epoch (the
     # path of catalogs too large for the object store)
-    train(dataset, out, "num_workers=2", "cpus_per_worker=0.5", "epochs=1", "cache=never")
+    train(
+        dataset,
+        out,
+        *("num_workers=2", "cpus_per_worker=0.5", "epochs=1", "cache=never", "worker_niceness=3"),
+    )
     epoch = json.loads((out / "epochs" / "epoch-0000.json").read_text())
     assert epoch["replicas_in_sync"] is True
+    assert epoch["niceness"] == os.nice(0) + 3
     assert epoch["steps"] >= 1
 
 
