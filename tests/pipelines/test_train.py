@@ -76,11 +76,8 @@ def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: 
     out = tmp_path / "ddp"
     # cache=never: the splits stream from the shards through Ray Data every epoch (the
     # path of catalogs too large for the object store)
-    train(
-        dataset,
-        out,
-        *("num_workers=2", "cpus_per_worker=0.5", "epochs=1", "cache=never", "worker_niceness=3"),
-    )
+    overrides = ["num_workers=2", "cpus_per_worker=0.5", "epochs=1", "cache=never"]
+    train(dataset, out, *overrides, "worker_niceness=3")
     epoch = json.loads((out / "epochs" / "epoch-0000.json").read_text())
     assert epoch["replicas_in_sync"] is True
     assert epoch["niceness"] == os.nice(0) + 3
