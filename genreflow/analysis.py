@@ -13,6 +13,8 @@ from itertools import combinations
 
 import numpy as np
 
+from genreflow.config import path_field
+
 
 @dataclass
 class GenreAccumulator:
@@ -154,8 +156,8 @@ class Confusion:
 class AnalyzeConfig:
     """Settings of one analysis report (``configs/analyze.yaml``)."""
 
-    labels: str = ""  # a labels folder (``genreflow label --out``)
-    out: str = ""  # report folder: report.html, pictures, analysis.json
+    labels: str = path_field("input")  # a labels folder (``genreflow label --out``)
+    out: str = path_field("output")  # report folder: report.html, pictures, analysis.json
     model_version: str | None = None  # null: the newest finished label partition's
     analogy_threshold: float = 0.8  # cosine of A - B + C and D to count as an analogy
     max_analogies: int = 20

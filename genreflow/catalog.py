@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -388,7 +388,7 @@ def check_uri(
                 f"uri scheme {scheme!r} is not supported; use a local path, file:// or "
                 f"one of {', '.join(REMOTE_SCHEMES)}"
             )
-        text = urlparse(text).path
+        text = unquote(urlparse(text).path)
     if base_uri is not None and not text.startswith("/"):
         key = posixpath.normpath(text)
         if key.startswith(".."):

@@ -1,7 +1,8 @@
 """Typed job configs: a frozen dataclass per job, filled from YAML plus ``key=value`` overrides.
 
 An unknown key or a value of the wrong type is a :class:`ConfigError` that names the
-key, what was given and what was expected, before any work starts.
+key, what was given and what was expected, before any work starts. Fields declared with
+:func:`path_field` are paths: they are made absolute here, once (:mod:`genreflow.paths`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ from typing import Any, TypeVar
 import yaml
 
 from genreflow.errors import ConfigError
+from genreflow.paths import PathRole, resolve_path
 
 T = TypeVar("T")
+
+PATH_METADATA = "genreflow_path"
+
+
+def path_field(role: PathRole, default: str | None = "") -> Any:
+    """A config field holding a local path or URI that the job reads (``input``) or
+    writes (``output``); a relative path is made absolute as the config is loaded."""
+    return dataclasses.field(default=default, metadata={PATH_METADATA: role})
 
 
 def load_config(
@@ -106,6 +116,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
                 f"(known keys: {', '.join(sorted(fields))})"
             )
         kwargs[key] = _coerce(value, hints[key], name)
+        role = fields[key].metadata.get(PATH_METADATA)
+        if role is not None and isinstance(kwargs[key], str):
+            kwargs[key] = resolve_path(kwargs[key], role=role, key=name)
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -36,6 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from genreflow import storage
+from genreflow.config import path_field
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ IndexKind = Literal["flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
 class IndexConfig:
     """Settings of one index build (``configs/index.yaml``)."""
 
-    labels: str = ""  # a labels folder (``genreflow label --out``)
-    out: str = ""  # index folder; each build publishes a new version inside it
+    labels: str = path_field("input")  # a labels folder (``genreflow label --out``)
+    out: str = path_field("output")  # index folder; each build publishes a new version inside it
     model_version: str | None = None  # null: the newest finished label partition's
     index_type: Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"] = "auto"
     exact_below: int = 50_000  # auto: exact search below this many vectors

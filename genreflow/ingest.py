@@ -30,6 +30,7 @@ import pyarrow as pa
 from genreflow import __version__, storage
 from genreflow.audio import load_clip
 from genreflow.catalog import Catalog
+from genreflow.config import path_field
 from genreflow.errors import AudioError, ConfigError, SpecMismatchError
 from genreflow.features import log_mel_for_spec
 from genreflow.schema import ERRORS_SCHEMA, SHARD_META_FIELDS, tokens_array, tokens_type
@@ -48,14 +49,14 @@ SUMMARY_COLUMNS = ["track_id", "status", "kind", "shard", "seconds"]
 class IngestConfig:
     """Settings of one ingest run (``configs/ingest.yaml``)."""
 
-    catalog: str = ""  # manifest (.csv/.parquet), FMA metadata folder or <genre>/<file> tree
-    out: str = ""  # output folder, local or s3://
+    catalog: str = path_field("input")  # manifest .csv/.parquet, FMA metadata, <genre>/<file>
+    out: str = path_field("output")  # output folder, local or s3://
     spec: TokenSpec = field(default_factory=TokenSpec)  # or a preset: paper000 | paper001
-    audio_dir: str | None = None  # FMA audio root (default: fma_<subset> beside metadata)
+    audio_dir: str | None = path_field("input", None)  # FMA audio root; default fma_<subset>
     fma_subset: str = "medium"
     use_fma_split: bool = True
     require_genre: bool = True
-    audio_root: str | None = None  # when set, manifest paths must lie inside it
+    audio_root: str | None = path_field("input", None)  # set: manifest paths must be in it
     split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
     seed: int = 0
     shard_size: int = 64  # tracks per Parquet shard and per Ray task

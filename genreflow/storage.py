@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from genreflow.errors import StorageError
+from genreflow.paths import local_path
 
 
 def is_remote(uri: str) -> bool:
@@ -54,7 +55,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         )
         return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme == "file":
-        return pafs.LocalFileSystem(), os.path.abspath(parsed.path)
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
     if is_remote(uri):
         try:
             fs, path = pafs.FileSystem.from_uri(uri)

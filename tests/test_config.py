@@ -26,13 +26,15 @@ JOB_CONFIGS = {
 }
 
 
-def test_yaml_then_overrides(tmp_path: Path) -> None:
+def test_yaml_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "c.yaml"
     path.write_text("catalog: a.csv\nshard_size: 8\nspec: paper001\n")
     config = load_config(
         IngestConfig, path, ["shard_size=16", "allow_silent=true", "spec.n_tokens=5"], out="o"
     )
-    assert config.catalog == "a.csv" and config.out == "o"
+    # paths come back absolute, against the working directory (tests/test_paths.py)
+    assert config.catalog == str(tmp_path / "a.csv") and config.out == str(tmp_path / "o")
     assert config.shard_size == 16 and config.allow_silent is True
     assert config.spec == TokenSpec(**{**preset("paper001").to_dict(), "n_tokens": 5})
 
