@@ -34,6 +34,24 @@ def save(folder: str, state: dict[str, Any]) -> str:
     return uri
 
 
+def best_of_run(path: str) -> str:
+    """``path`` itself, or, for a run folder (it holds ``metrics.json``), the run's best
+    checkpoint: ``genreflow label --checkpoint out/runs/sig1`` labels with the best one.
+
+    Raises:
+        ConfigError: the run folder's metrics name no checkpoint.
+    """
+    import json
+
+    metrics = storage.join(path, "metrics.json")
+    if not storage.exists(metrics):
+        return path
+    best = json.loads(storage.read_bytes(metrics)).get("best_checkpoint")
+    if not best:
+        raise ConfigError(f"run folder {path!r}: its metrics.json names no best_checkpoint")
+    return str(best)
+
+
 def load(path: str) -> dict[str, Any]:
     """Read a checkpoint folder (or its ``model.pt``) safely: ``weights_only=True``.
 

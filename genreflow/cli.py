@@ -9,28 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from genreflow.config import load_config
+from genreflow.entry import run_stage, setup_logging
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.ingest import IngestConfig
 
 log = logging.getLogger("genreflow")
 
 DEMO_GENRES_HELP = "ambient, classical, electronic, hiphop, jazz, rock"
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -43,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="genreflow",
         description="Music genre labelling, attention signatures and recommendations on Ray.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, Ray's logs, tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="catalog -> Parquet token shards (Ray Data)")
@@ -101,10 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="genreflow-demo", help="working folder (default: %(default)s)"
     )
     demo.add_argument(
-        "--tracks-per-genre", type=int, default=24, help=f"tracks per genre ({DEMO_GENRES_HELP})"
+        "--tracks-per-genre",
+        type=int,
+        default=16,
+        help=f"tracks per genre ({DEMO_GENRES_HELP}; default: %(default)s)",
     )
     demo.add_argument(
-        "--epochs", type=int, default=15, help="training epochs (default: %(default)s)"
+        "--epochs", type=int, default=10, help="training epochs (default: %(default)s)"
     )
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     return parser
@@ -112,28 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    try:
-        if args.command == "ingest":
-            return cmd_ingest(args)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "label":
-            return cmd_label(args)
-        if args.command == "index":
-            return cmd_index(args)
-        if args.command == "recommend":
-            return cmd_recommend(args)
-        if args.command == "analyze":
-            return cmd_analyze(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-    except GenreflowError as exc:
-        log.error("%s", exc)
-        return 2
-    raise AssertionError(args.command)
+    setup_logging(args.verbose)
+    command = COMMANDS[args.command]
+    return run_stage(lambda: command(args), verbose=args.verbose)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -260,16 +238,34 @@ def storage_text(uri: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on a generated catalog. Rerun into the same ``--out``, it
+    continues: finished stages are kept, an interrupted one resumes, nothing is
+    half-overwritten."""
     from genreflow.demo_catalog import make_demo_catalog
     from genreflow.pipelines.ingest import run_ingest
     from genreflow.pipelines.train import run_train
-    from genreflow.train import TrainConfig
+    from genreflow.train import TrainConfig, finished_run
 
-    work = Path(args.out)
+    work = Path(args.out).expanduser().resolve()
     started = time.perf_counter()
     local = [f"num_cpus={args.num_cpus}"] if args.num_cpus else []
+    train_config = load_config(
+        TrainConfig,
+        overrides=[*local, f"epochs={args.epochs}", "lr=0.003", "resume=true"],
+        data=str(work / "dataset"),
+        out=str(work / "runs" / "signature_attention"),
+    )
+    metrics = finished_run(train_config.out, train_config)  # other settings: refused here
+    if work.is_dir() and any(work.iterdir()):
+        print(
+            f"continuing the demo in {work}: finished stages are kept "
+            f"(remove the folder, or pass --out NEW, to start over)",
+            flush=True,
+        )
     print(f"[1/6] generating the demo catalog in {work / 'catalog'} ...", flush=True)
-    manifest = make_demo_catalog(work / "catalog", tracks_per_genre=args.tracks_per_genre)
+    manifest = make_demo_catalog(
+        work / "catalog", tracks_per_genre=args.tracks_per_genre, overwrite_other=False
+    )
     print(f"      {manifest} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     print("[2/6] ingesting it into Parquet token shards on a local Ray ...", flush=True)
@@ -288,23 +284,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"[3/6] training the tiny signature_attention model ({args.epochs} epochs, Ray Train) ...",
         flush=True,
     )
-    run = work / "runs" / "signature_attention"
-    if run.exists():  # the demo's own folder: a rerun trains afresh
-        shutil.rmtree(run)
-    train_config = load_config(
-        TrainConfig,
-        overrides=[*local, f"epochs={args.epochs}", "lr=0.003"],
-        data=str(work / "dataset"),
-        out=str(run),
-    )
-    trained = run_train(train_config)
-    best = trained.metrics["best_val"]
+    if metrics is None:
+        trained = run_train(train_config)  # resume=true: an interrupted run continues
+        metrics = trained.metrics
+        print("      " + trained.summary())
+    else:
+        print(f"      kept the model trained earlier in {train_config.out}")
+    best = metrics["best_val"]
     print(
         f"      validation accuracy {best['val_accuracy']:.3f}, "
         f"macro-F1 {best['val_macro_f1']:.3f} "
-        f"(chance: {1 / len(genres):.3f}); test accuracy {trained.metrics['test']['accuracy']:.3f}"
+        f"(chance: {1 / len(genres):.3f}); test accuracy {metrics['test']['accuracy']:.3f}"
     )
-    print("      " + trained.summary())
 
     print(
         "[4/6] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
@@ -314,19 +305,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from genreflow.pipelines.label import run_label
 
     labels = work / "labels"
-    if labels.exists():  # the demo's own folder: a rerun labels afresh
-        shutil.rmtree(labels)
     labelled = run_label(
         load_config(
             LabelConfig,
-            overrides=local,
-            checkpoint=trained.metrics["best_checkpoint"],
+            overrides=[*local, "incremental=true"],  # a rerun labels only what is missing
+            checkpoint=metrics["best_checkpoint"],
             input=str(manifest),
             out=str(labels),
         )
     )
     print("      " + labelled.summary())
-    for row in labelled.samples:
+    if labelled.failed:
+        return 1
+    samples = _label_samples(str(labels), count=3)
+    for row in samples:
         moments = ", ".join(
             f"{m['start_s']:.1f}-{m['end_s']:.1f} s ({m['weight']:.2f})"
             for m in row["signature_moments"]
@@ -335,8 +327,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"      {row['track_id']}: {row['genre']} (p={row['genre_prob']:.2f}); "
             f"signature moments {moments}"
         )
-    if labelled.failed:
-        return 1
 
     print("[5/6] building the recommendation index (FAISS) and neighbours table ...", flush=True)
     from genreflow.analysis import AnalyzeConfig
@@ -349,7 +339,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print("      " + indexed.summary())
     loaded = open_index(str(work / "index"))
-    for row in labelled.samples[:2]:
+    for row in samples[:2]:
         similar = ", ".join(
             f"{r['track_id']} [{r['genre']}] {r['score']:.2f}"
             for r in loaded.recommend(row["track_id"], 3)
@@ -364,6 +354,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {work}/")
     print(f"open the report: {Path(analyzed.report).resolve()}")
     return 0
+
+
+def _label_samples(labels: str, *, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` label rows of the newest model version's labels."""
+    import pyarrow.parquet as pq
+
+    from genreflow.pipelines.index import label_files
+
+    files, _, _ = label_files(labels, None)
+    columns = ["track_id", "genre", "genre_prob", "signature_moments"]
+    rows: list[dict[str, Any]] = pq.read_table(files[0], columns=columns).to_pylist()
+    return rows[:count]
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "ingest": cmd_ingest,
+    "train": cmd_train,
+    "label": cmd_label,
+    "index": cmd_index,
+    "recommend": cmd_recommend,
+    "analyze": cmd_analyze,
+    "compare": cmd_compare,
+    "demo": cmd_demo,
+}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from genreflow.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
@@ -385,6 +387,16 @@ def _render(job: tuple[str, str, int, float, str]) -> float:
     return valence
 
 
+STAMP_FILE = ".demo-catalog"  # the parameters of a finished catalog, written last
+
+
+def catalog_key(
+    genres: list[str], tracks_per_genre: int, artists_per_genre: int, duration_s: float, seed: int
+) -> str:
+    """The parameters a demo catalog was made with, as its stamp file holds them."""
+    return f"{genres}|{tracks_per_genre}|{artists_per_genre}|{duration_s}|{seed}"
+
+
 def make_demo_catalog(
     out_dir: str | Path,
     *,
@@ -395,19 +407,30 @@ def make_demo_catalog(
     genres: list[str] | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite_other: bool = True,
 ) -> Path:
     """Write the demo catalog (audio files and ``manifest.csv``) into ``out_dir``.
 
     Reuses a complete catalog already there (same parameters). Files alternate MP3
     and OGG. Returns the manifest path.
+
+    Raises:
+        ConfigError: ``overwrite_other`` is false and ``out_dir`` holds a finished catalog
+            made with other parameters (it would be overwritten).
     """
     out = Path(out_dir)
     manifest = out / "manifest.csv"
     names = genres or sorted(STYLES)
-    key = f"{names}|{tracks_per_genre}|{artists_per_genre}|{duration_s}|{seed}"
-    stamp = out / ".demo-catalog"
-    if manifest.is_file() and stamp.is_file() and stamp.read_text() == key:
-        return manifest
+    key = catalog_key(names, tracks_per_genre, artists_per_genre, duration_s, seed)
+    stamp = out / STAMP_FILE
+    if manifest.is_file() and stamp.is_file():
+        if stamp.read_text() == key:
+            return manifest
+        if not overwrite_other:
+            raise ConfigError(
+                f"{out} holds a demo catalog made with other settings ({stamp.read_text()}; "
+                f"asked: {key}); remove its folder or choose a new --out"
+            )
     jobs, rows = [], []
     for g_index, genre in enumerate(names):
         (out / genre).mkdir(parents=True, exist_ok=True)

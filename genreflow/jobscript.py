@@ -1,22 +1,17 @@
 """What every script in ``jobs/`` does: parse ``--config FILE [key=value ...]``, run one
-stage, print its one-paragraph summary, and exit 0 (done), 1 (finished but failed its
-threshold) or 2 (bad config, input or cluster: nothing ran)."""
+stage, print its one-paragraph summary, and exit 0 (done), 1 (the stage ran and failed)
+or 2 (bad config, input or cluster: nothing ran); see :mod:`genreflow.entry`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from genreflow.config import load_config
-from genreflow.errors import GenreflowError
+from genreflow.entry import run_stage, setup_logging
 
 C = TypeVar("C")
-
-
-class StageResult(Protocol):
-    def summary(self) -> str: ...
 
 
 def run_job(
@@ -27,15 +22,16 @@ def run_job(
 ) -> int:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, Ray's logs, tracebacks"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    setup_logging(args.verbose)
+
+    def command() -> int:
         result = run(load_config(config_cls, args.config, args.overrides))
-    except GenreflowError as exc:
-        logging.getLogger("genreflow").error("%s", exc)
-        return 2
-    print(result.summary(), flush=True)
-    return 1 if getattr(result, "failed", False) else 0
+        print(result.summary(), flush=True)
+        return 1 if getattr(result, "failed", False) else 0
+
+    return run_stage(command, verbose=args.verbose)

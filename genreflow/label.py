@@ -5,7 +5,8 @@ probability, best first), ``mood`` and ``mood_probs`` where the model has a mood
 ``token_weights`` (attention per token), ``signature_moments`` (start/end seconds within
 the track of the most attended tokens, with their weights), ``embedding`` (the
 signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where known),
-``model_version``, ``labelled_at``.
+``split`` (train/val/test, from the catalog or the shards, where known), ``model_version``,
+``labelled_at``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
+from genreflow.config import path_field
 from genreflow.errors import AudioError, ConfigError
 from genreflow.ingest import error_table, shard_name, tokenize_track
 from genreflow.models.base import fuse_for_inference
@@ -31,9 +33,9 @@ from genreflow.tokens import TokenSpec
 class LabelConfig:
     """Settings of one labelling run (``configs/label.yaml``)."""
 
-    checkpoint: str = ""  # a checkpoint folder (metrics.json's best_checkpoint)
-    input: str = ""  # an ingest output folder, or a catalog (manifest, FMA, genre tree)
-    out: str = ""  # labels folder: one partition per run
+    checkpoint: str = path_field("input")  # a checkpoint folder (metrics.json's best_checkpoint)
+    input: str = path_field("input")  # an ingest output folder, or any catalog form
+    out: str = path_field("output")  # labels folder: one partition per run
     top_k: int = 3
     moments: int = 3  # signature moments per track
     batch_size: int = 32  # tracks per call of a model actor (one output block each)
@@ -54,8 +56,8 @@ class LabelConfig:
     min_duration_s: float = 1.0
     allow_silent: bool = False
     max_error_rate: float = 0.2
-    audio_root: str | None = None
-    audio_dir: str | None = None
+    audio_root: str | None = path_field("input", None)
+    audio_dir: str | None = path_field("input", None)
     fma_subset: str = "medium"
     address: str | None = None
     num_cpus: int | None = None
@@ -147,6 +149,7 @@ LABELS_SCHEMA_FIELDS = [
     ),
     pa.field("embedding", pa.list_(pa.float32())),
     pa.field("true_genre", pa.string()),  # the catalog's genre where it has one
+    pa.field("split", pa.string()),  # the track's split (train/val/test) where known
     pa.field("model_version", pa.string()),
     pa.field("labelled_at", pa.timestamp("s", tz="UTC")),
 ]
@@ -277,6 +280,9 @@ class Labeller:
             "true_genre": [
                 g if isinstance(g, str) and g else None for g in batch.get("genre", [None] * n)
             ],
+            "split": [
+                s if isinstance(s, str) and s else None for s in batch.get("split", [None] * n)
+            ],
             "model_version": [loaded.version] * n,
             "labelled_at": [now] * n,
         }
@@ -309,7 +315,7 @@ def decode_for_label(
     duration_s, lyrics, genre``.
     """
     token_spec = TokenSpec.from_dict(spec)
-    ids, tokens, durations, lyrics, genres, errors = [], [], [], [], [], []
+    ids, tokens, durations, lyrics, genres, splits, errors = [], [], [], [], [], [], []
     for row in rows.itertuples(index=False):
         try:
             toks, duration = tokenize_track(
@@ -331,6 +337,8 @@ def decode_for_label(
         durations.append(duration)
         lyrics.append(row.lyrics if isinstance(row.lyrics, str) else None)
         genres.append(row.genre if isinstance(row.genre, str) else None)
+        split = getattr(row, "split", None)
+        splits.append(split if isinstance(split, str) else None)
     if errors:
         name = shard_name(rows["track_id"].astype(str))
         storage.write_parquet_atomic(error_table(errors), storage.join(errors_dir, name))
@@ -342,4 +350,5 @@ def decode_for_label(
         "duration_s": np.array(durations, dtype=np.float32),
         "lyrics": np.array(lyrics, dtype=object),
         "genre": np.array(genres, dtype=object),
+        "split": np.array(splits, dtype=object),
     }

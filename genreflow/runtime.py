@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -62,11 +63,18 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         GenreflowError: the cluster cannot be reached.
     """
     import ray
+    import ray.data  # sets up Ray Data's loggers, which quiet_ray_console adjusts
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"log_to_driver": True}
     target = address or os.environ.get("RAY_ADDRESS")
+    quiet = not logging.getLogger("genreflow").isEnabledFor(logging.DEBUG)  # no --verbose
+    # A local run shows genreflow's own progress; the workers' logs (Ray Train's
+    # controller, Ray Data's progress bars in split coordinators) stay in Ray's session
+    # folder. On a cluster they reach the job's log as Ray users expect.
+    kwargs: dict[str, Any] = {"log_to_driver": bool(target) or not quiet}
+    if quiet:
+        quiet_ray_console(local=not target)
     if target:
         _check_reachable(target)
     try:
@@ -87,6 +95,38 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         resources.get("GPU", 0),
         len(ray.nodes()),
     )
+
+
+RAY_CONSOLE_LOGGERS = ("ray", "ray.data", "ray.train")
+# Ray 2.60 warns at every local start that token authentication is on; a local Ray is
+# the user's own process, and the notice concerns clusters (docs/cluster.md).
+RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
+
+
+def check_cluster_reachable(address: str | None) -> None:
+    """When a cluster address is given (or ``RAY_ADDRESS`` set), fail fast and clearly
+    if it does not answer: a stage checks this before it changes any output.
+
+    Raises:
+        GenreflowError: the address does not answer.
+    """
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        _check_reachable(target)
+
+
+def quiet_ray_console(*, local: bool) -> None:
+    """Ray's console output at WARNING and above (no INFO lines such as Ray Data's
+    per-operator progress when stdout is not a terminal); Ray's log files in its
+    session folder keep everything. ``--verbose`` leaves the console as Ray sets it."""
+    for name in RAY_CONSOLE_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.setLevel(max(handler.level, logging.WARNING))
+    if local:
+        logging.getLogger(RAY_AUTH_NOTICE).setLevel(logging.ERROR)
 
 
 def quiet_state_api_probes() -> None:
@@ -117,6 +157,77 @@ def ray_resources() -> dict[str, float]:
     import ray
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
+    return all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0)
+
+
+def _text(resources: dict[str, float], keys: Collection[str]) -> str:
+    return ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in keys)
+
+
+def wait_for_resources(
+    bundles: Sequence[dict[str, float]],
+    *,
+    what: str,
+    timeout_s: float,
+    local: bool,
+    poll_s: float = 2.0,
+    report_s: float = 30.0,
+) -> None:
+    """Ask the cluster for ``bundles`` (one per worker) and wait until its resources
+    hold them all.
+
+    A local Ray cannot grow: there a shortfall is refused at once. A cluster's
+    autoscaler is asked for the bundles (``ray.autoscaler.sdk.request_resources``)
+    and the wait logs a line every ``report_s`` until they are there or ``timeout_s``
+    has passed. Only totals are compared; Ray places each bundle itself.
+
+    Raises:
+        ConfigError: a local Ray has too little.
+        GenreflowError: the cluster did not provide them within ``timeout_s``.
+    """
+    import ray
+
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            need[key] = need.get(key, 0.0) + value
+    keys = [k for k, v in need.items() if v > 0]
+    have = ray_resources()
+    if _fits(need, have):
+        return
+    if local:
+        raise ConfigError(
+            f"{what} needs {_text(need, keys)}, and this local Ray has {_text(have, keys)}; "
+            "ask for less, or run on a cluster (RAY_ADDRESS)"
+        )
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(b) for b in bundles])
+    except Exception as exc:  # a cluster without an autoscaler: wait for nodes all the same
+        log.debug("request_resources: %s", exc)
+    start = time.monotonic()
+    last_report = -report_s
+    while not _fits(need, have):
+        waited = time.monotonic() - start
+        if waited > timeout_s:
+            raise GenreflowError(
+                f"{what}: waited {waited:.0f} s for {_text(need, keys)}, and the cluster has "
+                f"{_text(have, keys)}. Check that its node types offer these resources "
+                "(cluster/, deploy/), or raise resource_wait_s"
+            )
+        if waited - last_report >= report_s:
+            log.info(
+                "%s: waiting for %s: %s available, cluster scaling (%.0f s of %.0f s)",
+                what, _text(need, keys), _text(have, keys), waited, timeout_s,
+            )  # fmt: skip
+            last_report = waited
+        time.sleep(poll_s)
+        have = {k: float(v) for k, v in ray.cluster_resources().items()}
+    log.info("%s: the cluster has %s", what, _text(have, keys))
 
 
 def check_actor_fit(

@@ -7,6 +7,7 @@ checkpoints. Everything else is plain PyTorch and runs the same on one CPU or ma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
+from genreflow.config import path_field
 from genreflow.errors import ConfigError
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
@@ -36,8 +38,8 @@ LYRICS_COLUMN = "lyrics_ids"
 class TrainConfig:
     """Settings of one training run (``configs/train.yaml``)."""
 
-    data: str = ""  # a finished ingest output folder
-    out: str = ""  # run folder: metrics.json, epochs/, confusion matrix, checkpoints
+    data: str = path_field("input")  # a finished ingest output folder
+    out: str = path_field("output")  # run folder: metrics.json, epochs/, checkpoints
     model: str = "signature_attention"
     preset: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +71,9 @@ class TrainConfig:
     # 15 to its workers', which puts them below its own services and any ordinary process;
     # a training worker does the run's work, so by default it keeps an ordinary share.
     # None: Ray's 15
-    storage_path: str | None = None  # checkpoints; default <out>/checkpoints
+    resource_wait_s: float = 900.0  # on a cluster: how long to wait for the workers'
+    # CPUs/GPUs while the autoscaler adds nodes; a local Ray refuses a shortfall at once
+    storage_path: str | None = path_field("output", None)  # checkpoints; default <out>/checkpoints
     resume: bool = False  # continue the run in `out` from its latest checkpoint
     folds: int = 0  # k-fold cross-validation over the training split; 0: off
     lyrics_min_count: int = 2
@@ -97,6 +101,38 @@ class TrainConfig:
 
 
 # --- metrics ---------------------------------------------------------------------------
+
+# The keys that make two runs comparable: a rerun (of the demo, of a comparison) keeps a
+# finished run only when they are the same as the finished run's.
+PROTOCOL_KEYS = (
+    "data", "model", "preset", "model_overrides", "epochs", "batch_size", "optimizer", "lr",
+    "weight_decay", "momentum", "class_weighting", "mood_loss_weight",
+    "early_stopping_patience", "shuffle_buffer", "seed", "folds", "lyrics_min_count",
+    "lyrics_max_vocab",
+)  # fmt: skip
+
+
+def finished_run(run: str, config: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of a run that finished earlier in ``run``, or None when none did.
+
+    Raises:
+        ConfigError: that run was trained under another protocol (``PROTOCOL_KEYS``).
+    """
+    import json
+
+    found = storage.join(run, "metrics.json")
+    if not storage.exists(found):
+        return None
+    metrics: dict[str, Any] = json.loads(storage.read_bytes(found))
+    before, now = metrics.get("config", {}), dataclasses.asdict(config)
+    changed = [k for k in PROTOCOL_KEYS if k in before and before[k] != now[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {before[k]!r} then, {now[k]!r} now" for k in changed)
+        raise ConfigError(
+            f"{run!r} holds a model trained with other settings ({diff}); write into a new "
+            "--out, or rerun with the same settings to finish what is there"
+        )
+    return metrics
 
 
 def classification_metrics(

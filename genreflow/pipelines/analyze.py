@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from genreflow import analysis, storage
 from genreflow.analysis import AnalyzeConfig
+from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.index import Reservoir
 from genreflow.pipelines.index import label_files
@@ -56,6 +57,7 @@ def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tup
         "token_weights",
         "signature_moments",
         "model_version",
+        "split",
     ]
     for uri in files:
         fs, path = storage.resolve(uri)
@@ -72,7 +74,10 @@ def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tup
                 group = [t if t is not None else p for t, p in zip(truth, predicted, strict=True)]
                 vectors = np.asarray([rows["embedding"][i] for i in keep], dtype=np.float32)
                 scan.genres.add(group, vectors)
-                scan.confusion.add(truth, predicted)
+                # accuracy is evidence only on tracks the model never trained on
+                splits = rows.get("split", [None] * len(rows["genre"]))
+                tested = [j for j, i in enumerate(keep) if splits[i] == "test"]
+                scan.confusion.add([truth[j] for j in tested], [predicted[j] for j in tested])
                 scan.by_truth |= any(t is not None for t in truth)
                 sample.add(vectors, np.asarray(group, dtype=object))
                 scan.tracks += len(keep)
@@ -117,6 +122,7 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
     files, version, _ = label_files(config.labels, config.model_version)
+    mark_started()
     scan, sample = scan_labels(files, version=version, config=config)
     names, emb = scan.genres.embeddings(max_genres=config.max_genres)
     if len(names) < 2:
@@ -140,6 +146,8 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
         "analogies": [a.__dict__ for a in found],
         "closest_analogies": [a.__dict__ for a in every[:5]],
         "accuracy": scan.confusion.accuracy() if scan.confusion.total else None,
+        "accuracy_split": "test",
+        "test_tracks": scan.confusion.total,
         "pictures": pictures,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -228,7 +236,9 @@ def _pictures(
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted genre")
         ax.set_ylabel("catalog genre")
-        ax.set_title(f"Confusion matrix (accuracy {scan.confusion.accuracy():.3f})")
+        ax.set_title(
+            f"Test split: {scan.confusion.total} tracks, accuracy {scan.confusion.accuracy():.3f}"
+        )
         pictures["confusion"] = _save(fig, out, "confusion.png")
 
     heat = [t for g in names for t in scan.heatmaps.get(g, [])]
@@ -255,8 +265,9 @@ EXPLAIN = {
     "pca_3d": "The same genre embeddings on the first three principal components.",
     "similarity": "Cosine similarity between genre embeddings: bright cells are genres the "
     "model hears as alike.",
-    "confusion": "Catalog genre (rows) against the model's top genre (columns), for tracks "
-    "whose catalog genre is known; rows are shaded by share.",
+    "confusion": "Catalog genre (rows) against the model's top genre (columns), for the "
+    "test-split tracks whose catalog genre is known (tracks the model trained or was "
+    "selected on are left out); rows are shaded by share.",
     "attention": "How each sample track's attention spreads over its tokens (time slices "
     "of the clip). The brightest cells are the track's signature moments.",
 }
@@ -276,7 +287,10 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
         f"grouped by {e(data['grouped_by'])}; written {e(data['created_at'])}.</p>",
     ]
     if data["accuracy"] is not None:
-        parts.append(f"<p>Top-1 agreement with the catalog's genres: {data['accuracy']:.3f}.</p>")
+        parts.append(
+            f"<p>Top-1 accuracy on the {data['test_tracks']} test-split tracks (held out "
+            f"from training): {data['accuracy']:.3f}.</p>"
+        )
     parts.append("<h2>Nearest genres (2-NN on genre embeddings)</h2><table>")
     parts.append("<tr><th>genre</th><th>tracks</th><th>nearest</th><th>second</th></tr>")
     for g in names:

@@ -18,9 +18,11 @@ from typing import Any
 import pandas as pd
 
 from genreflow import storage
+from genreflow.config import path_field
+from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError
 from genreflow.models import MODELS, model_class
-from genreflow.train import TrainConfig
+from genreflow.train import TrainConfig, finished_run
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ TABLE_COLUMNS = [
 class CompareConfig:
     """Settings of one comparison (``configs/compare.yaml``)."""
 
-    data: str = ""  # a finished ingest output folder
-    out: str = ""  # comparison folder: comparison.md, comparison.csv, runs/<model>/
+    data: str = path_field("input")  # a finished ingest output folder
+    out: str = path_field("output")  # comparison.md, comparison.csv, runs/<model>/
     models: list[str] = field(default_factory=lambda: sorted(MODELS))
     folds: int = 0  # k-fold cross-validation per model over the training split; 0: off
     train: TrainConfig = field(default_factory=TrainConfig)  # the shared protocol
@@ -102,31 +104,39 @@ def parameter_count(checkpoint: str) -> int:
 
 
 def run_compare(config: CompareConfig) -> CompareResult:
-    """Train every model of ``config.models`` on ``config.data``; write the table."""
+    """Train every model of ``config.models`` on ``config.data``; write the table.
+
+    Rerun into the same ``out``, a comparison keeps the models that finished, continues
+    an interrupted one from its last checkpoint and trains the rest.
+    """
     start = time.perf_counter()
     for key in ("data", "out"):
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
-    rows: list[dict[str, Any]] = []
+    plans = []
     for name in config.models:
         run = storage.join(config.out, "runs", name)
-        row: dict[str, Any] = {c: None for c in TABLE_COLUMNS} | {"model": name}
         train_config = dataclasses.replace(
-            config.train, data=config.data, out=run, model=name, folds=config.folds, resume=False
+            config.train, data=config.data, out=run, model=name, folds=config.folds, resume=True
         )
-        log.info("compare: training %s into %s", name, run)
+        plans.append((name, run, train_config, finished_run(run, train_config)))
+    mark_started()
+    rows: list[dict[str, Any]] = []
+    for name, run, train_config, metrics in plans:
+        row: dict[str, Any] = {c: None for c in TABLE_COLUMNS} | {"model": name}
         t0 = time.perf_counter()
-        try:
-            if storage.exists(storage.join(run, "metrics.json")):
-                raise ConfigError(f"{run!r} already holds a run: compare into a new --out")
-            result = _train(train_config)
-        except Exception as exc:  # a failed model is a row of the table, not a lost table
-            log.error("compare: %s failed: %s", name, exc)
-            row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
-            row["train_seconds"] = round(time.perf_counter() - t0, 1)
-            rows.append(row)
-            continue
-        metrics = result.metrics
+        if metrics is not None:
+            log.info("compare: %s finished earlier in %s; kept", name, run)
+        else:
+            log.info("compare: training %s into %s", name, run)
+            try:
+                metrics = _train(train_config).metrics
+            except Exception as exc:  # a failed model is a row of the table, not a lost table
+                log.error("compare: %s failed: %s", name, first_line(str(exc)))
+                row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
+                row["train_seconds"] = round(time.perf_counter() - t0, 1)
+                rows.append(row)
+                continue
         test = metrics.get("test", {})
         cv = metrics.get("cross_validation")
         row |= {
@@ -138,7 +148,7 @@ def run_compare(config: CompareConfig) -> CompareResult:
             "cv_macro_f1": (
                 f"{cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f}" if cv else None
             ),
-            "train_seconds": round(result.seconds, 1),
+            "train_seconds": metrics.get("seconds"),
             "parameters": parameter_count(metrics["best_checkpoint"]),
             "epochs": metrics.get("epochs_run"),
             "confusion_matrix": storage.join("runs", name, "confusion_matrix.png"),

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from genreflow import index as fidx
 from genreflow import storage
+from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.pipelines.label import RUN_FILE, complete_partitions
 from genreflow.runtime import check_actor_fit, init_ray, read_parquet_files
@@ -124,6 +125,7 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
     gpus = fidx.select_gpus(config.device, fidx.faiss_gpus())
     files, version, checkpoint = label_files(config.labels, config.model_version)
+    mark_started()
 
     def blocks() -> Iterator[fidx.Block]:
         return embedding_blocks(files, version=version, batch_size=config.batch_size)

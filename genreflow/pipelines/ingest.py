@@ -19,6 +19,7 @@ import pandas as pd
 
 from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
+from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
 from genreflow.ingest import (
     IngestConfig,
@@ -27,7 +28,7 @@ from genreflow.ingest import (
     prepare_output,
     write_catalog_problems,
 )
-from genreflow.runtime import init_ray
+from genreflow.runtime import check_cluster_reachable, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,9 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     """
     start = time.perf_counter()
     catalog = load_catalog(config)
+    check_cluster_reachable(config.address)  # before the output folder is touched
     state = prepare_output(config.out, config.spec, catalog, retry_errors=config.retry_errors)
+    mark_started()
     errors_by_kind: Counter[str] = Counter()
     problems = write_catalog_problems(config.out, catalog, state.error_ids)
     if problems:

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
+from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
 from genreflow.label import LabelConfig, Labeller, decode_for_label, plan_actors, plan_reads
@@ -124,6 +125,7 @@ def run_label(config: LabelConfig) -> LabelResult:
     for key in ("checkpoint", "input", "out"):
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
+    config = dataclasses.replace(config, checkpoint=ckpt.best_of_run(config.checkpoint))
     state = ckpt.load(config.checkpoint)
     spec = TokenSpec.from_dict(state["token_spec"])
     version = ckpt.load_model(config.checkpoint).version
@@ -170,6 +172,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         feed_cpus=config.read_cpus if from_shards else 1.0,
         gpus_per_actor=config.gpus_per_actor,
     )
+    mark_started()
     log.info(
         "labelling with %d model actor(s), %g CPU(s)%s each",
         actors,
@@ -255,7 +258,7 @@ def _write_labels(
         )
     else:
         assert manifest is not None  # from shards
-        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre"]
+        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
         ds = read_parquet_files(
             storage.file_sizes(storage.join(config.input, "shards"), suffix=".parquet"),
             columns=columns,

@@ -15,7 +15,9 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,11 +30,12 @@ import pyarrow.compute as pc
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
+from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
-from genreflow.runtime import init_ray, read_parquet
+from genreflow.runtime import init_ray, read_parquet, wait_for_resources
 from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
@@ -241,12 +244,60 @@ def _fit(
         datasets=datasets,
     )
     try:
-        with health_check_interval(config.health_check_s):
+        with health_check_interval(config.health_check_s), epoch_progress(config, name=name):
             return trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise GenreflowError(
-            f"training failed after {config.max_failures} recovery attempt(s): {exc}"
+            f"training failed ({config.max_failures} recovery attempt(s) allowed): "
+            f"{failure_cause(exc)}\n{exc}"
         ) from exc
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line naming what a failed Ray Train run died of: the first worker's own
+    exception (unwrapped from Ray's task error), else the controller's, else ``exc``."""
+    failures: dict[int, BaseException] = getattr(exc, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        cause = getattr(failure, "cause", None) or failure
+        return f"worker {rank}: {type(cause).__name__}: {first_line(str(cause))}"
+    controller = getattr(exc, "controller_failure", None)
+    if controller is not None:
+        return f"{type(controller).__name__}: {first_line(str(controller))}"
+    return first_line(str(exc))
+
+
+@contextlib.contextmanager
+def epoch_progress(config: TrainConfig, *, name: str, every_s: float = 2.0) -> Iterator[None]:
+    """Log a line for each epoch the workers finish while the block runs: the driver
+    reads the epoch files they write (``epochs/epoch-NNNN.json``), so the progress of a
+    run reaches the console without Ray's worker logs."""
+    folder = storage.join(config.out, "epochs")
+    seen = set(storage.list_files(folder, suffix=".json"))  # a resumed run's earlier epochs
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(every_s):
+            try:
+                for uri in storage.list_files(folder, suffix=".json"):
+                    if uri in seen:
+                        continue
+                    seen.add(uri)
+                    m = storage.read_json(uri)
+                    log.info(
+                        "%s: epoch %d/%d, train loss %.3f, val accuracy %.3f, macro-F1 %.3f",
+                        name, int(m["epoch"]) + 1, config.epochs, m.get("train_loss", math.nan),
+                        m.get("val_accuracy", math.nan), m.get("val_macro_f1", math.nan),
+                    )  # fmt: skip
+            except (GenreflowError, OSError, ValueError, KeyError) as exc:  # progress only
+                log.debug("epoch progress: %s", exc)
+
+    thread = threading.Thread(target=poll, name="genreflow-epoch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -287,20 +338,15 @@ def _cache(
 
 
 def _check_resources(config: TrainConfig) -> None:
-    import ray
-
-    resources = ray.cluster_resources()
-    if config.use_gpu and resources.get("GPU", 0) < config.num_workers:
-        raise ConfigError(
-            f"use_gpu=true with num_workers={config.num_workers} needs {config.num_workers} GPUs, "
-            f"the cluster has {resources.get('GPU', 0):g}; set use_gpu=false or add GPU nodes"
-        )
-    need = config.num_workers * config.cpus_per_worker
-    if resources.get("CPU", 0) < need:
-        raise ConfigError(
-            f"num_workers={config.num_workers} x cpus_per_worker={config.cpus_per_worker} needs "
-            f"{need} CPUs, the cluster has {resources.get('CPU', 0):g}"
-        )
+    """Wait for the workers' resources: at once on a local Ray (which cannot grow), up
+    to ``resource_wait_s`` on a cluster, whose autoscaler is asked for them."""
+    bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
+    wait_for_resources(
+        [bundle] * config.num_workers,
+        what=f"training ({config.num_workers} worker(s))",
+        timeout_s=config.resource_wait_s,
+        local=not (config.address or os.environ.get("RAY_ADDRESS")),
+    )
 
 
 def run_train(config: TrainConfig) -> TrainResult:
@@ -309,6 +355,7 @@ def run_train(config: TrainConfig) -> TrainResult:
     manifest = _check(config)
     init_ray(config.address, num_cpus=config.num_cpus)
     _check_resources(config)
+    mark_started()
     vocab = build_lyrics_vocab(config) if model_class(config.model).uses_lyrics else None
     metrics: dict[str, Any] = {}
     if config.folds:
@@ -360,8 +407,9 @@ def run_train(config: TrainConfig) -> TrainResult:
             },
         }
     )
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
     _write_outputs(config.out, metrics)
-    return TrainResult(out=config.out, metrics=metrics, seconds=time.perf_counter() - start)
+    return TrainResult(out=config.out, metrics=metrics, seconds=metrics["seconds"])
 
 
 def _checkpoint_uri(config: TrainConfig, path: str) -> str:

@@ -1,8 +1,9 @@
-"""jobs/ingest.py end to end as a script, the way `ray job submit` runs it (local Ray)."""
+"""jobs/ingest.py as a script, the way `ray job submit` runs it. (The script's whole run
+is in tests/cluster/test_multinode.py, through the Jobs API, and in-process with the
+shipped config in tests/pipelines/test_exit_codes.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,17 +22,6 @@ def run_job(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=600,
     )
-
-
-def test_ingest_job_script_with_the_shipped_config(small_manifest: Path, tmp_path: Path) -> None:
-    out = tmp_path / "dataset"
-    proc = run_job(
-        "--config", "configs/ingest.yaml", f"catalog={small_manifest}", f"out={out}", "num_cpus=2"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "8 rows written" in proc.stdout and "clips/s" in proc.stdout
-    manifest = json.loads((out / "_dataset.json").read_text())
-    assert manifest["counts"]["rows"] == 8
 
 
 def test_ingest_job_names_a_bad_key_and_exits_2(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import pytest
 from genreflow.config import load_config
 from genreflow.demo_catalog import make_demo_catalog
 from genreflow.ingest import IngestConfig
+from genreflow.label import LabelConfig
 from genreflow.pipelines.ingest import run_ingest
+from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
 
@@ -50,3 +52,15 @@ def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="session")
 def trained_checkpoint(trained_run: Path) -> str:
     return str(json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def labels(
+    trained_checkpoint: str, dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One finished label run of the trained checkpoint over the dataset's shards."""
+    out = tmp_path_factory.mktemp("index-labels") / "labels"
+    run_label(
+        load_config(LabelConfig, checkpoint=trained_checkpoint, input=str(dataset), out=str(out))
+    )
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,25 @@ def test_compare_writes_every_models_row_and_reports_a_failure(
     table = (tmp_path / "comparison.md").read_text()
     assert table.count("\n| ") >= 3 and "| baseline_cnn | failed |" in table
     assert "1 epochs, batch 8" in table and "seed 3" in table
+
+    # rerun into the same folder: the finished model is kept, the failed one trains now
+    kept = (tmp_path / "runs" / "multitask_attention_cnn" / "metrics.json").read_text()
+    seen.clear()
+    monkeypatch.setattr(compare, "_train", lambda c: seen.append(c) or real_train(c))
+    again = run_compare(config)
+    assert [c.model for c in seen] == ["baseline_cnn"] and not again.failed
+    assert (tmp_path / "runs" / "multitask_attention_cnn" / "metrics.json").read_text() == kept
+    with open(tmp_path / "comparison.csv", newline="") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert float(rows["multitask_attention_cnn"]["macro_f1"]) == pytest.approx(
+        json.loads(kept)["test"]["macro_f1"]
+    )
+    # another protocol into the same folder is refused before anything trains
+    seen.clear()
+    with pytest.raises(ConfigError, match="epochs: 1 then, 2 now"):
+        run_compare(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2)))
+    assert seen == []
 
 
 def test_compare_refuses_bad_model_lists(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

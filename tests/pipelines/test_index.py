@@ -15,24 +15,12 @@ from genreflow import index as fidx
 from genreflow.analysis import AnalyzeConfig
 from genreflow.config import load_config
 from genreflow.errors import GenreflowError
-from genreflow.label import LabelConfig
 from genreflow.pipelines import index as index_pipeline
 from genreflow.pipelines.analyze import run_analyze
 from genreflow.pipelines.index import read_neighbours, run_index
-from genreflow.pipelines.label import read_labels, run_label
+from genreflow.pipelines.label import read_labels
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-
-
-@pytest.fixture(scope="module")
-def labels(
-    trained_checkpoint: str, dataset: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("index-labels") / "labels"
-    run_label(
-        load_config(LabelConfig, checkpoint=trained_checkpoint, input=str(dataset), out=str(out))
-    )
-    return out
 
 
 def build(labels: Path, out: Path, *overrides: str) -> index_pipeline.IndexResult:
