@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -143,42 +144,133 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_the_pipeline_through_the_jobs_api_on_two_nodes(
-    cluster: Cluster, catalog: Path, tmp_path: Path
+def submit_line(job: str) -> list[str]:
+    """The ``ray job submit ...`` line that opens ``configs/<job>.yaml``, as words."""
+    first = (REPO / "configs" / f"{job}.yaml").read_text().splitlines()[0]
+    assert first.startswith("# ray job submit --working-dir . -- python jobs/"), first
+    return shlex.split(first.removeprefix("# "))
+
+
+def localised(words: list[str], paths: dict[str, Path]) -> list[str]:
+    """``words`` with every ``key=<path>`` value that names a cluster path (``s3://``,
+    ``/data/``) replaced by its local stand-in; nothing else changes."""
+    out = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and value.startswith(("s3://", "/data/")):
+            word = f"{key}={paths[value]}"
+        out.append(word)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ingested(
+    cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Each YAML's own submit line, in pipeline order, its paths made local, submitted
+    with the ``ray`` CLI; the local stand-ins of its paths, and each job's log (``logs``).
+
+    Small-data overrides follow the line (a smaller token spec, fewer epochs, one of the
+    four models): the line itself is run as written."""
+    tmp_path = tmp_path_factory.mktemp("submitted")
+    bucket = "s3://my-bucket/genreflow/"
+    paths = {
+        "/data/fma_metadata": catalog,
+        bucket + "catalog.parquet": catalog,
+        **{bucket + n: tmp_path / n for n in ("dataset", "labels", "index", "report")},
+        bucket + "runs/signature-1": tmp_path / "run",
+        bucket + "compare-1": tmp_path / "compare",
+    }
+    small = {
+        "ingest": ["shard_size=2", *SMALL],
+        "train": ["epochs=2", "batch_size=4"],
+        "index": ["neighbours=3"],
+        "compare": ["models=[baseline_cnn]", "train.epochs=1"],
+    }
+    for job in ("ingest", "train", "label", "index", "analyze", "compare"):
+        words = [*localised(submit_line(job), paths), *small.get(job, [])]
+        proc = subprocess.run(
+            words, cwd=REPO, env={**env(), "RAY_ADDRESS": cluster.dashboard},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{job}: {proc.stdout[-4000:]}{proc.stderr[-2000:]}"
+        (tmp_path / f"{job}.log").write_text(proc.stdout)
+    return {"root": tmp_path, "dataset": tmp_path / "dataset", "catalog": catalog}
+
+
+def test_every_configs_submit_line_runs_on_two_nodes(
+    cluster: Cluster, ingested: dict[str, Path]
 ) -> None:
-    data, run, labels, index = (tmp_path / n for n in ("dataset", "run", "labels", "index"))
-    logs = cluster.run(
-        "jobs/ingest.py", "configs/ingest.yaml", f"catalog={catalog}", f"out={data}",
-        "shard_size=2", *SMALL,
-    )  # fmt: skip
-    assert "16 rows written" in logs
-    manifest = json.loads((data / "_dataset.json").read_text())
-    assert manifest["counts"]["rows"] == 16
+    tmp_path, catalog = ingested["root"], ingested["catalog"]
+    logs = {p.stem: p.read_text() for p in tmp_path.glob("*.log")}
+    data = tmp_path / "dataset"
+    assert "16 rows written" in logs["ingest"]
     shards = pd.read_parquet(data / "shards", columns=["track_id"])
     assert sorted(shards["track_id"]) == sorted(pd.read_csv(catalog)["track_id"])
-    # the decode tasks ran on both nodes
-    assert len(cluster.task_nodes("ingest_shard")) == 2
-
-    logs = cluster.run(
-        "jobs/train.py", "configs/train.yaml", f"data={data}", f"out={run}", "epochs=2",
-        "batch_size=4",
-    )  # fmt: skip
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(cluster.task_nodes("ingest_shard")) == 2  # the decode tasks ran on both nodes
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert Path(metrics["best_checkpoint"]).is_dir() and "test" in metrics
-
-    cluster.run(
-        "jobs/label.py", "configs/label.yaml", f"checkpoint={metrics['best_checkpoint']}",
-        f"input={data}", f"out={labels}",
-    )  # fmt: skip
-    runs = list(labels.glob("run-*/_run.json"))
+    runs = list((tmp_path / "labels").glob("run-*/_run.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["labelled"] == 16
+    info = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert info["count"] == 16 and "recall@10" in logs["index"]
+    assert (tmp_path / "report" / "report.html").is_file()
+    table = (tmp_path / "compare" / "comparison.md").read_text()
+    assert "| baseline_cnn | ok |" in table
 
-    logs = cluster.run(
-        "jobs/build_index.py", "configs/index.yaml", f"labels={labels}", f"out={index}",
-        "neighbours=3",
+
+def add_node(cluster: Cluster, resource: str) -> list[int]:
+    """Start one more 1-CPU node; its raylet's pid (and so its process tree)."""
+    port = free_port()
+    started = ray_cli(
+        "start", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        f"--node-manager-port={port}", "--resources", json.dumps({resource: 1}),
     )  # fmt: skip
-    info = json.loads((index / "index.json").read_text())
-    assert info["count"] == 16 and "recall@10" in logs
+    assert started.returncode == 0, started.stderr[-2000:]
+    pids = raylets_on_port(port)
+    assert len(pids) == 1
+    return pids
+
+
+def remove_node(pids: list[int]) -> None:
+    import psutil
+
+    for pid in pids:
+        raylet = psutil.Process(pid)
+        for proc in [*raylet.children(recursive=True), raylet]:
+            proc.kill()
+
+
+def test_training_waits_for_a_node_the_cluster_adds(
+    cluster: Cluster, ingested: dict[str, Path], tmp_path: Path
+) -> None:
+    """Three 1-CPU workers on a two-node cluster of 1-CPU nodes: the job asks for them
+    and waits; a third node joins 20 s later (as an autoscaler's would) and it trains."""
+    data = ingested["dataset"]
+    job = cluster.submit(
+        "jobs/train.py", "configs/train.yaml", f"data={data}", f"out={tmp_path / 'run'}",
+        "num_workers=3", "epochs=1", "batch_size=4",
+    )  # fmt: skip
+    time.sleep(20)
+    early = ray_cli("job", "logs", f"--address={cluster.dashboard}", job).stdout
+    assert "waiting for 3 CPU: 2 CPU available, cluster scaling" in early, early[-3000:]
+    third = add_node(cluster, "third_node")
+    try:
+        status, logs = cluster.wait(job)
+        assert status == "SUCCEEDED", logs[-4000:]
+        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert metrics["epochs_run"] == 1 and metrics["config"]["num_workers"] == 3
+    finally:
+        remove_node(third)
+
+
+def test_a_relative_output_path_is_refused_under_job_submit(
+    cluster: Cluster, catalog: Path
+) -> None:
+    job = cluster.submit("jobs/ingest.py", "configs/ingest.yaml", f"catalog={catalog}", "out=o")
+    status, logs = cluster.wait(job)
+    assert status == "FAILED"
+    assert "out='o' is a relative path" in logs and "s3://" in logs
 
 
 def test_a_failing_job_reports_failed_with_its_error(cluster: Cluster, tmp_path: Path) -> None:
@@ -214,20 +306,12 @@ def test_a_worker_node_killed_during_ingest(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     """Ray retries the lost node's tasks elsewhere; every track lands exactly once."""
-    import psutil
 
     manifest = make_demo_catalog(
         tmp_path_factory.mktemp("kill-catalog"), tracks_per_genre=12, artists_per_genre=12,
         duration_s=30.0, genres=["ambient", "rock"],
     )  # fmt: skip
-    port = free_port()
-    doomed = ray_cli(
-        "start", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-        f"--node-manager-port={port}", "--resources", '{"doomed_node": 1}',
-    )  # fmt: skip
-    assert doomed.returncode == 0, doomed.stderr[-2000:]
-    pids = raylets_on_port(port)
-    assert len(pids) == 1
+    doomed = add_node(cluster, "doomed_node")
     out = tmp_path / "dataset"
     job = cluster.submit(
         "jobs/ingest.py", "configs/ingest.yaml", f"catalog={manifest}", f"out={out}",
@@ -237,9 +321,7 @@ def test_a_worker_node_killed_during_ingest(
     while time.time() < deadline and len(list((out / "shards").glob("*.parquet"))) < 3:
         time.sleep(0.2)
     assert list((out / "shards").glob("*.parquet")), "ingest never started writing"
-    raylet = psutil.Process(pids[0])
-    for proc in [*raylet.children(recursive=True), raylet]:
-        proc.kill()
+    remove_node(doomed)
     status, logs = cluster.wait(job)
     assert status == "SUCCEEDED", logs[-4000:]
     written = pd.read_parquet(out / "shards", columns=["track_id"])["track_id"]
