@@ -81,6 +81,8 @@ class IndexConfig:
     batch_size: int = 8_192  # vectors per add / search block
     device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: every GPU FAISS sees, else CPU
     neighbours: int = 10  # neighbours per track in the table; 0: no table
+    neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
+    # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
     actors: int = 1  # neighbour-search actors, one index copy each
     cpus_per_actor: float = 1.0
     keep_versions: int = 2  # published versions kept (readers of the last one finish)

@@ -146,7 +146,9 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
     fidx.write_version(built, folder, info)
     del built
     rows = 0
-    if config.neighbours:
+    if config.neighbours and int(info["count"]) < config.neighbours_local_below:
+        rows = _neighbours_in_process(files, version=version, folder=folder, config=config)
+    elif config.neighbours:
         rows = _neighbours_table(files, version=version, folder=folder, config=config)
     fidx.publish(config.out, name, info, keep=config.keep_versions)
     return IndexResult(
@@ -191,6 +193,23 @@ class NeighbourSearcher:
             },
             schema=NEIGHBOURS_SCHEMA,
         )
+
+
+def _neighbours_in_process(
+    files: list[str], *, version: str, folder: str, config: fidx.IndexConfig
+) -> int:
+    """The neighbours table of a small catalog, block by block in this process: the
+    same searcher and rows as the actor pool's, without starting Ray for seconds of
+    work. One file per block, each written whole."""
+    searcher = NeighbourSearcher(folder, k=config.neighbours)
+    out = storage.join(folder, fidx.NEIGHBOURS_DIR)
+    rows = 0
+    blocks = embedding_blocks(files, version=version, batch_size=config.batch_size)
+    for i, block in enumerate(blocks):
+        table = searcher({"track_id": block.track_ids, "embedding": block.vectors})
+        storage.write_parquet_atomic(table, storage.join(out, f"part-{i:05d}.parquet"))
+        rows += table.num_rows
+    return rows
 
 
 def _neighbours_table(

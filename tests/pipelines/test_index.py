@@ -43,10 +43,15 @@ def expected_neighbours(frame: pd.DataFrame, k: int) -> dict[str, list[str]]:
     return {ids[i]: [ids[j] for j in order[i]] for i in range(len(ids))}
 
 
+@pytest.mark.parametrize(
+    "where", ["neighbours_local_below=20000", "neighbours_local_below=0"], ids=["local", "ray"]
+)
 def test_index_and_neighbours_table_equal_exact_search(
-    labels: Path, trained_checkpoint: str, tmp_path: Path
+    labels: Path, trained_checkpoint: str, tmp_path: Path, where: str
 ) -> None:
-    result = build(labels, tmp_path / "index")
+    """The neighbours table of a small catalog (in the job's process) and of a large one
+    (a Ray Data actor pool) both equal a brute-force search."""
+    result = build(labels, tmp_path / "index", where)
     frame = read_labels(str(labels), ["track_id", "embedding", "model_version", "genre"])
     info = json.loads((tmp_path / "index" / "index.json").read_text())
     assert info["count"] == len(frame) == result.neighbour_rows
@@ -115,6 +120,7 @@ def test_an_interrupted_build_leaves_the_previous_index_readable(
         raise KeyboardInterrupt("killed while computing neighbours")
 
     monkeypatch.setattr(index_pipeline, "_neighbours_table", crash)
+    monkeypatch.setattr(index_pipeline, "_neighbours_in_process", crash)
     with pytest.raises(KeyboardInterrupt):
         build(labels, tmp_path / "index")
     assert len(fidx.list_versions(str(tmp_path / "index"))) == 2  # the new one, unpublished
@@ -163,4 +169,4 @@ def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path)
 def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path) -> None:
     # 2 CPUs: an actor holding both would leave the Parquet reads no CPU, and wait forever
     with pytest.raises(GenreflowError, match="leaving less than the 1 CPU"):
-        build(labels, tmp_path / "index", "cpus_per_actor=2")
+        build(labels, tmp_path / "index", "cpus_per_actor=2", "neighbours_local_below=0")
