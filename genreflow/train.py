@@ -360,7 +360,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    net = ray.train.torch.prepare_model(model)  # RAY: device placement and DDP (>1 worker)
+    # RAY: device placement and DDP (>1 worker). A lyrics model's text branch gets no
+    # gradient from a batch without lyrics (every FMA batch has such tracks); DDP must
+    # then look for unused parameters or it stops at the next step.
+    net = ray.train.torch.prepare_model(
+        model,
+        parallel_strategy_kwargs={"find_unused_parameters": bool(model.uses_lyrics)},
+    )
     device = ray.train.torch.get_device()
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

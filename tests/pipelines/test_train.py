@@ -97,11 +97,17 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
 
 
 def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: Path) -> None:
+    """The lyrics model under DDP: its text branch gets no gradient from a batch without
+    lyrics, which DDP must allow for. (Signature attention trains with three workers in
+    tests/cluster/test_multinode.py.)"""
+    shards = pd.read_parquet(dataset / "shards", columns=["split", "lyrics"])
+    with_lyrics = shards[shards["split"] == "train"]["lyrics"].notna()
+    assert with_lyrics.any() and not with_lyrics.all()  # batches with and without lyrics
     out = tmp_path / "ddp"
     # cache=never: the splits stream from the shards through Ray Data every epoch (the
     # path of catalogs too large for the object store)
     overrides = ["num_workers=2", "cpus_per_worker=0.5", "epochs=1", "cache=never"]
-    train(dataset, out, *overrides, "worker_niceness=3")
+    train(dataset, out, *overrides, "worker_niceness=3", "model=multimodal_han")
     epoch = json.loads((out / "epochs" / "epoch-0000.json").read_text())
     assert epoch["replicas_in_sync"] is True
     assert epoch["niceness"] == os.nice(0) + 3
