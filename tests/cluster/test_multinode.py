@@ -164,14 +164,14 @@ def localised(words: list[str], paths: dict[str, Path]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ingested(
-    cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
+def submitted(cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Each YAML's own submit line, in pipeline order, its paths made local, submitted
-    with the ``ray`` CLI; the local stand-ins of its paths, and each job's log (``logs``).
+    with the ``ray`` CLI; returns the folder of their outputs and ``<job>.log`` files.
 
     Small-data overrides follow the line (a smaller token spec, fewer epochs, one of the
-    four models): the line itself is run as written."""
+    four models): the line itself is run as written. Training asks for three 1-CPU
+    workers, one more than the two nodes hold: a third node joins 20 s into the job, as
+    an autoscaler's would, and is removed after the last job."""
     tmp_path = tmp_path_factory.mktemp("submitted")
     bucket = "s3://my-bucket/genreflow/"
     paths = {
@@ -183,33 +183,48 @@ def ingested(
     }
     small = {
         "ingest": ["shard_size=2", *SMALL],
-        "train": ["epochs=2", "batch_size=4"],
+        "train": ["epochs=2", "batch_size=4", "num_workers=3"],
         "index": ["neighbours=3"],
         "compare": ["models=[baseline_cnn]", "train.epochs=1"],
     }
-    for job in ("ingest", "train", "label", "index", "analyze", "compare"):
-        words = [*localised(submit_line(job), paths), *small.get(job, [])]
-        proc = subprocess.run(
-            words, cwd=REPO, env={**env(), "RAY_ADDRESS": cluster.dashboard},
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, f"{job}: {proc.stdout[-4000:]}{proc.stderr[-2000:]}"
-        (tmp_path / f"{job}.log").write_text(proc.stdout)
-    return {"root": tmp_path, "dataset": tmp_path / "dataset", "catalog": catalog}
+    client = {**env(), "RAY_ADDRESS": cluster.dashboard, "PYTHONUNBUFFERED": "1"}
+    third: list[int] = []
+    try:
+        for job in ("ingest", "train", "label", "index", "analyze", "compare"):
+            words = [*localised(submit_line(job), paths), *small.get(job, [])]
+            log = tmp_path / f"{job}.log"
+            with log.open("w") as out:
+                proc = subprocess.Popen(
+                    words, cwd=REPO, env=client, stdout=out, stderr=subprocess.STDOUT
+                )
+                if job == "train":
+                    time.sleep(20)
+                    (tmp_path / "train-first-20s.log").write_text(log.read_text())
+                    third = add_node(cluster, "third_node")
+                returncode = proc.wait(timeout=600)
+            assert returncode == 0, f"{job}: {log.read_text()[-5000:]}"
+    finally:
+        remove_node(third)
+    return tmp_path
 
 
-def test_every_configs_submit_line_runs_on_two_nodes(
-    cluster: Cluster, ingested: dict[str, Path]
+def test_every_configs_submit_line_runs_and_training_waits_for_a_node(
+    cluster: Cluster, submitted: Path, catalog: Path
 ) -> None:
-    tmp_path, catalog = ingested["root"], ingested["catalog"]
+    tmp_path = submitted
     logs = {p.stem: p.read_text() for p in tmp_path.glob("*.log")}
     data = tmp_path / "dataset"
     assert "16 rows written" in logs["ingest"]
     shards = pd.read_parquet(data / "shards", columns=["track_id"])
     assert sorted(shards["track_id"]) == sorted(pd.read_csv(catalog)["track_id"])
     assert len(cluster.task_nodes("ingest_shard")) == 2  # the decode tasks ran on both nodes
+    # training asked for 3 CPUs on a 2-CPU cluster, waited, and trained once the node came
+    early = logs["train-first-20s"]
+    assert "waiting for 3 CPU: 2 CPU available, cluster scaling" in early, early[-3000:]
+    assert "epoch 1/2" not in early
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert Path(metrics["best_checkpoint"]).is_dir() and "test" in metrics
+    assert metrics["epochs_run"] == 2 and metrics["config"]["num_workers"] == 3
     runs = list((tmp_path / "labels").glob("run-*/_run.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["labelled"] == 16
     info = json.loads((tmp_path / "index" / "index.json").read_text())
@@ -241,43 +256,19 @@ def remove_node(pids: list[int]) -> None:
             proc.kill()
 
 
-def test_training_waits_for_a_node_the_cluster_adds(
-    cluster: Cluster, ingested: dict[str, Path], tmp_path: Path
-) -> None:
-    """Three 1-CPU workers on a two-node cluster of 1-CPU nodes: the job asks for them
-    and waits; a third node joins 20 s later (as an autoscaler's would) and it trains."""
-    data = ingested["dataset"]
-    job = cluster.submit(
-        "jobs/train.py", "configs/train.yaml", f"data={data}", f"out={tmp_path / 'run'}",
-        "num_workers=3", "epochs=1", "batch_size=4",
-    )  # fmt: skip
-    time.sleep(20)
-    early = ray_cli("job", "logs", f"--address={cluster.dashboard}", job).stdout
-    assert "waiting for 3 CPU: 2 CPU available, cluster scaling" in early, early[-3000:]
-    third = add_node(cluster, "third_node")
-    try:
-        status, logs = cluster.wait(job)
-        assert status == "SUCCEEDED", logs[-4000:]
-        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-        assert metrics["epochs_run"] == 1 and metrics["config"]["num_workers"] == 3
-    finally:
-        remove_node(third)
-
-
-def test_a_relative_output_path_is_refused_under_job_submit(
-    cluster: Cluster, catalog: Path
-) -> None:
-    job = cluster.submit("jobs/ingest.py", "configs/ingest.yaml", f"catalog={catalog}", "out=o")
-    status, logs = cluster.wait(job)
-    assert status == "FAILED"
-    assert "out='o' is a relative path" in logs and "s3://" in logs
-
-
-def test_a_failing_job_reports_failed_with_its_error(cluster: Cluster, tmp_path: Path) -> None:
-    job = cluster.submit("jobs/ingest.py", "configs/ingest.yaml", "shard_sise=4")
-    status, logs = cluster.wait(job)
+def test_failing_jobs_report_failed_with_their_error(cluster: Cluster, catalog: Path) -> None:
+    """A mistyped key, and a relative output path (the job's working directory is Ray's
+    temporary copy of --working-dir): both jobs fail before any work, saying why."""
+    typo = cluster.submit("jobs/ingest.py", "configs/ingest.yaml", "shard_sise=4")
+    relative = cluster.submit(
+        "jobs/ingest.py", "configs/ingest.yaml", f"catalog={catalog}", "out=o"
+    )
+    status, logs = cluster.wait(typo)
     assert status == "FAILED"
     assert "shard_sise" in logs and "shard_size" in logs
+    status, logs = cluster.wait(relative)
+    assert status == "FAILED"
+    assert "out='o' is a relative path" in logs and "s3://" in logs
 
 
 def test_an_unreachable_cluster_is_a_clear_error(catalog: Path, tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ def held_out_labels(checkpoint: str, data: Path, out: Path) -> pd.DataFrame:
     run_label(load_config(LabelConfig, checkpoint=checkpoint, input=str(data), out=str(out)))
     labels = read_labels(str(out))
     splits = pq.read_table(data / "shards", columns=["track_id", "split", "valence"]).to_pandas()
-    merged = labels.merge(splits, on="track_id")
+    merged = labels.merge(splits, on="track_id", suffixes=("", "_of_shards"))
+    assert (merged["split"] == merged["split_of_shards"]).all()  # labels carry the split
     return merged[merged["split"] != "train"]
 
 
