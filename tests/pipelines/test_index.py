@@ -163,7 +163,11 @@ def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path)
         assert len(near) == 2 and genre not in {n["genre"] for n in near}
         assert genre in page
     assert "needs 4 or more genres" in page  # three genres: no analogy is possible
-    assert 0 <= data["accuracy"] <= 1
+    # accuracy and the confusion matrix count the test split's tracks, and only those
+    rows = read_labels(str(labels), ["genre", "true_genre", "split"])
+    test = rows[rows["split"] == "test"]
+    assert 0 < data["test_tracks"] == len(test) < len(rows)
+    assert data["accuracy"] == pytest.approx((test["genre"] == test["true_genre"]).mean())
 
 
 def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path) -> None:
