@@ -353,6 +353,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
+        if "torch_rng" in state:  # dropout and friends continue where the run stopped
+            torch.set_rng_state(state["torch_rng"])
         best_f1, stale, history = (
             float(state["best_f1"]),
             int(state["stale"]),
@@ -381,11 +383,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # Ray types it CollatedData
             return tensor_batch(batch, float_tokens=device.type == "cpu")
 
-    def batches(shard: Any, *, shuffle: bool) -> Iterator[dict[str, Tensor]]:
+    def batches(shard: Any, *, shuffle_epoch: int | None = None) -> Iterator[dict[str, Tensor]]:
+        shuffle = shuffle_epoch is not None
         for batch in shard.iter_torch_batches(
             batch_size=config.batch_size,
             local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
-            local_shuffle_seed=config.seed if shuffle else None,
+            local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, rank) if shuffle else None,
             pin_memory=pin,
             device="cpu",
             collate_fn=Collate(),
@@ -399,7 +402,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cpu_started = time.process_time()  # every thread of this worker, Ray's included
         losses: list[float] = []
         wait_start = time.perf_counter()
-        for batch in batches(train_shard, shuffle=True):
+        for batch in batches(train_shard, shuffle_epoch=epoch):
             step_start = time.perf_counter()
             waited += step_start - wait_start
             if not losses:  # the first batch waits for the shuffle buffer to fill
@@ -422,7 +425,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             computed += wait_start - step_start
         train_seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
-        val = evaluate(_gather(predict(net, batches(val_shard, shuffle=False))), genres, moods)
+        val = evaluate(_gather(predict(net, batches(val_shard))), genres, moods)
         f1 = float(val.get("macro_f1", 0.0))
         improved = f1 > best_f1
         best_f1, stale = (f1, 0) if improved else (best_f1, stale + 1)
@@ -462,6 +465,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "state_dict": inner.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "epoch": epoch,
+                        "torch_rng": torch.get_rng_state(),
                         "best_f1": best_f1,
                         "stale": stale,
                         "history": history,
@@ -492,6 +496,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             os._exit(1)  # testing aid: die like a preempted node, once, after checkpointing
         if stop:
             break
+
+
+def epoch_seed(seed: int, epoch: int | None, rank: int) -> int:
+    """The shuffle seed of one worker's epoch: every epoch and every worker shuffles
+    differently, and the same run seed gives the same order (after a resume too)."""
+    return (seed * 1_000_003 + (epoch or 0) * 1_009 + rank) % 2**31
 
 
 def build_for_training(

@@ -131,3 +131,13 @@ def test_batches_are_converted_without_starting_torch_threads() -> None:
         release.set()
         worker.join()
     assert started == {str(worker.native_id)}
+
+
+def test_every_epoch_and_worker_shuffles_with_its_own_seed() -> None:
+    from genreflow.train import epoch_seed
+
+    seeds = {(e, r): epoch_seed(7, e, r) for e in range(50) for r in range(4)}
+    assert len(set(seeds.values())) == len(seeds)  # no two epochs or workers alike
+    assert all(0 <= s < 2**31 for s in seeds.values())
+    assert epoch_seed(7, 3, 1) == seeds[(3, 1)]  # the same run seed: the same order
+    assert epoch_seed(8, 3, 1) != seeds[(3, 1)]

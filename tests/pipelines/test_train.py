@@ -84,6 +84,8 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
     # the worker's CPU time over the steps: more than none, at most every core throughout
     assert 0 < epoch["cpu_seconds"] <= (os.cpu_count() or 1) * epoch["train_seconds"] + 0.5
     loaded = ckpt.load_model(metrics["best_checkpoint"])  # weights_only=True inside
+    # the checkpoint keeps torch's RNG state, so a resumed run continues its random stream
+    assert ckpt.load(metrics["best_checkpoint"])["torch_rng"].dtype == torch.uint8
     assert loaded.version == metrics["model_version"] == result.metrics["model_version"]
     assert loaded.genres == ["ambient", "electronic", "rock"]
     assert (out / "confusion_matrix.csv").read_text().startswith("true,ambient")
