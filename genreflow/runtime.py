@@ -99,8 +99,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 
 RAY_CONSOLE_LOGGERS = ("ray", "ray.data", "ray.train")
 # Ray 2.60 warns at every local start that token authentication is on; a local Ray is
-# the user's own process, and the notice concerns clusters (docs/cluster.md).
-RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
+# the user's own process, and the notice concerns clusters (docs/cluster.md). Ray Data's
+# issue detector advises on memory declarations: advice for genreflow's developers.
+RAY_LOCAL_NOTICES = (
+    "ray._private.authentication.authentication_token_setup",
+    "ray.data._internal.issue_detection.issue_detector_manager",
+)
 
 
 def check_cluster_reachable(address: str | None) -> None:
@@ -126,7 +130,8 @@ def quiet_ray_console(*, local: bool) -> None:
             ):
                 handler.setLevel(max(handler.level, logging.WARNING))
     if local:
-        logging.getLogger(RAY_AUTH_NOTICE).setLevel(logging.ERROR)
+        for name in RAY_LOCAL_NOTICES:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet_state_api_probes() -> None:
