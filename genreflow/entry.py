@@ -26,9 +26,9 @@ EXIT_OK, EXIT_FAILED, EXIT_NOTHING_RAN = 0, 1, 2
 
 _started: ContextVar[bool] = ContextVar("genreflow_stage_started", default=False)
 
-# Loggers that speak to the console about Ray's internals at INFO; a local run shows
-# genreflow's own progress instead (all of them at --verbose).
-CHATTY_LOGGERS = ("ray", "faiss.loader")
+# Loggers that speak to the console about others' internals at INFO (which SIMD build of
+# FAISS loaded); Ray's console is quieted when Ray starts (runtime.quiet_ray_console).
+CHATTY_LOGGERS = ("faiss.loader",)
 
 
 def mark_started() -> None:
@@ -37,7 +37,7 @@ def mark_started() -> None:
 
 
 def setup_logging(verbose: bool) -> None:
-    """genreflow's log lines at INFO (DEBUG with ``verbose``); Ray's own at WARNING."""
+    """genreflow's log lines at INFO (DEBUG with ``verbose``)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

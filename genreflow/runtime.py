@@ -75,8 +75,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     kwargs: dict[str, Any] = {"log_to_driver": bool(target) or not quiet}
     if quiet:
         quiet_ray_console(local=not target)
-    if target:
-        _check_reachable(target)
+    check_cluster_reachable(address)
     try:
         if target:
             ray.init(address=target, **kwargs)
@@ -180,9 +179,11 @@ def wait_for_resources(
     local: bool,
     poll_s: float = 2.0,
     report_s: float = 30.0,
-) -> None:
+) -> bool:
     """Ask the cluster for ``bundles`` (one per worker) and wait until its resources
-    hold them all.
+    hold them all; whether the autoscaler was asked (then the caller withdraws the
+    request with :func:`withdraw_resource_request` when its work ends, or the cluster
+    keeps those nodes).
 
     A local Ray cannot grow: there a shortfall is refused at once. A cluster's
     autoscaler is asked for the bundles (``ray.autoscaler.sdk.request_resources``)
@@ -202,18 +203,13 @@ def wait_for_resources(
     keys = [k for k, v in need.items() if v > 0]
     have = ray_resources()
     if _fits(need, have):
-        return
+        return False
     if local:
         raise ConfigError(
             f"{what} needs {_text(need, keys)}, and this local Ray has {_text(have, keys)}; "
             "ask for less, or run on a cluster (RAY_ADDRESS)"
         )
-    try:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[dict(b) for b in bundles])
-    except Exception as exc:  # a cluster without an autoscaler: wait for nodes all the same
-        log.debug("request_resources: %s", exc)
+    _request_resources([dict(b) for b in bundles])
     start = time.monotonic()
     last_report = -report_s
     while not _fits(need, have):
@@ -233,6 +229,23 @@ def wait_for_resources(
         time.sleep(poll_s)
         have = {k: float(v) for k, v in ray.cluster_resources().items()}
     log.info("%s: the cluster has %s", what, _text(have, keys))
+    return True
+
+
+def withdraw_resource_request() -> None:
+    """Withdraw what :func:`wait_for_resources` asked the autoscaler for: a request
+    stays in force until replaced, and would keep its nodes up after the job."""
+    _request_resources([])
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        log.info("asked the autoscaler for %s", bundles or "nothing (request withdrawn)")
+    except Exception as exc:  # waiting for nodes still works; the scale-up may be slower
+        log.warning("could not ask the autoscaler for %s: %s", bundles or "nothing", exc)
 
 
 def check_actor_fit(

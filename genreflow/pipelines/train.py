@@ -35,7 +35,12 @@ from genreflow.errors import ConfigError, GenreflowError
 from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
-from genreflow.runtime import init_ray, read_parquet, wait_for_resources
+from genreflow.runtime import (
+    init_ray,
+    read_parquet,
+    wait_for_resources,
+    withdraw_resource_request,
+)
 from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
@@ -276,7 +281,9 @@ def epoch_progress(config: TrainConfig, *, name: str, every_s: float = 2.0) -> I
     done = threading.Event()
 
     def poll() -> None:
-        while not done.wait(every_s):
+        finished = False
+        while not finished:  # once more after the fit ends: its last epochs too
+            finished = done.wait(every_s)
             try:
                 for uri in storage.list_files(folder, suffix=".json"):
                     if uri in seen:
@@ -337,11 +344,12 @@ def _cache(
     return size < min(capacity / 4, limit)
 
 
-def _check_resources(config: TrainConfig) -> None:
+def _check_resources(config: TrainConfig) -> bool:
     """Wait for the workers' resources: at once on a local Ray (which cannot grow), up
-    to ``resource_wait_s`` on a cluster, whose autoscaler is asked for them."""
+    to ``resource_wait_s`` on a cluster, whose autoscaler is asked for them; whether it
+    was asked."""
     bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
-    wait_for_resources(
+    return wait_for_resources(
         [bundle] * config.num_workers,
         what=f"training ({config.num_workers} worker(s))",
         timeout_s=config.resource_wait_s,
@@ -354,8 +362,17 @@ def run_train(config: TrainConfig) -> TrainResult:
     start = time.perf_counter()
     manifest = _check(config)
     init_ray(config.address, num_cpus=config.num_cpus)
-    _check_resources(config)
+    asked = _check_resources(config)
     mark_started()
+    try:
+        return _run(config, manifest, start)
+    finally:
+        if asked:  # the cluster may let the workers' nodes go
+            withdraw_resource_request()
+
+
+def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainResult:
+    """``run_train`` once its checks passed and its workers' resources are there."""
     vocab = build_lyrics_vocab(config) if model_class(config.model).uses_lyrics else None
     metrics: dict[str, Any] = {}
     if config.folds:

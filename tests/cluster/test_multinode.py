@@ -222,6 +222,12 @@ def test_every_configs_submit_line_runs_and_training_waits_for_a_node(
     early = logs["train-first-20s"]
     assert "waiting for 3 CPU: 2 CPU available, cluster scaling" in early, early[-3000:]
     assert "epoch 1/2" not in early
+    # the autoscaler was asked for the three workers' CPUs before the wait, and the
+    # request withdrawn once training ended (each line follows Ray's call returning)
+    asked = "asked the autoscaler for [{'CPU': 1.0}, {'CPU': 1.0}, {'CPU': 1.0}]"
+    assert asked in early and early.index(asked) < early.index("waiting for 3 CPU")
+    withdrawn = "asked the autoscaler for nothing (request withdrawn)"
+    assert logs["train"].index(withdrawn) > logs["train"].index("epoch 2/2")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert Path(metrics["best_checkpoint"]).is_dir() and "test" in metrics
     assert metrics["epochs_run"] == 2 and metrics["config"]["num_workers"] == 3
