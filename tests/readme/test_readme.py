@@ -220,3 +220,17 @@ def test_every_help_runs() -> None:
         ran = sh(command, REPO, timeout=120)
         assert ran.returncode == 0, ran.explain()
         assert ran.stdout.startswith("usage: genreflow"), ran.explain()
+
+
+def test_the_documented_submit_lines_are_the_ones_the_suite_submits() -> None:
+    """docs/cluster.md lists each configs/*.yaml's first line, which
+    tests/cluster/test_multinode.py submits to a real cluster: the two must not drift."""
+    docs = (REPO / "docs" / "cluster.md").read_text(encoding="utf-8")
+    prefix = "ray job submit --working-dir . -- python jobs/"
+    documented = [line for line in docs.splitlines() if line.startswith(prefix)]
+    shipped = [
+        p.read_text(encoding="utf-8").splitlines()[0].removeprefix("# ")
+        for p in sorted((REPO / "configs").glob("*.yaml"))
+    ]
+    assert sorted(documented) == sorted(shipped)
+    assert all(line.startswith(prefix) for line in shipped)
