@@ -163,6 +163,30 @@ def ray_resources() -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
+def cluster_gpus() -> tuple[float, float | None]:
+    """``(GPUs the cluster has now, GPUs it can have at most)``; the second is None when
+    no autoscaler says (a local Ray or a fixed cluster: what is there is all there is)."""
+    from genreflow.ray_compat import max_cluster_resources
+
+    most = max_cluster_resources()
+    return ray_resources().get("GPU", 0.0), None if most is None else most.get("GPU", 0.0)
+
+
+def wants_gpus(setting: bool | str, *, present: float, possible: float | None, what: str) -> bool:
+    """Whether work set to ``setting`` (``auto``, true or false) runs on GPUs: ``auto``
+    where the cluster has a GPU or its autoscaler can start one. An explicit true stays
+    true; the wait for resources refuses it where no GPU can come."""
+    if setting != "auto":
+        return bool(setting)
+    can = present > 0 or bool(possible)
+    log.info(
+        "%s: %s", what,
+        ("on GPUs" + ("" if present else " (the autoscaler can start GPU nodes)"))
+        if can else "on CPUs (the cluster has no GPU and can start none)",
+    )  # fmt: skip
+    return can
+
+
 def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
     return all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0)
 
@@ -191,7 +215,8 @@ def wait_for_resources(
     has passed. Only totals are compared; Ray places each bundle itself.
 
     Raises:
-        ConfigError: a local Ray has too little.
+        ConfigError: a local Ray has too little, or no node type mix the cluster's
+            autoscaler may start adds up to the need.
         GenreflowError: the cluster did not provide them within ``timeout_s``.
     """
     import ray
@@ -208,6 +233,15 @@ def wait_for_resources(
         raise ConfigError(
             f"{what} needs {_text(need, keys)}, and this local Ray has {_text(have, keys)}; "
             "ask for less, or run on a cluster (RAY_ADDRESS)"
+        )
+    from genreflow.ray_compat import max_cluster_resources
+
+    most = max_cluster_resources()
+    ceiling = {k: max(v, have.get(k, 0.0)) for k, v in (most or {}).items()}
+    if most is not None and not _fits(need, {**have, **ceiling}):
+        raise ConfigError(
+            f"{what} needs {_text(need, keys)}, and this cluster's node types offer at most "
+            f"{_text(most, keys)}; ask for less, or add node types (cluster/, deploy/)"
         )
     _request_resources([dict(b) for b in bundles])
     start = time.monotonic()

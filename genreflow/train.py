@@ -60,9 +60,11 @@ class TrainConfig:
     # store between epochs; auto: when they take under a quarter of it, else stream each epoch
     seed: int = 0
     num_workers: int = 1
-    use_gpu: bool = False
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: one GPU per worker where the cluster
+    # has GPUs or its autoscaler can start them, else CPUs
     cpus_per_worker: float = 1.0  # CPUs reserved per worker; torch threads = max(1, floor)
-    mixed_precision: bool = True  # CUDA only: fp16 autocast with a grad scaler
+    mixed_precision: bool | Literal["auto", "bf16", "fp16"] = "auto"  # auto (true): bf16 on
+    # GPUs that support it, fp16 with a grad scaler on older ones, none on CPUs; false: fp32
     channels_last: bool = True  # conv layout; 1.2-1.8x faster on CPU (bench/RESULTS.md)
     max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
     health_check_s: float = 0.5  # how often Ray Train's controller polls its workers; each
@@ -309,12 +311,234 @@ def _gather(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return gathered
 
 
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
+
+
 def _replicas_in_sync(net: nn.Module) -> bool:
     """Whether every worker holds the same parameters (DDP's promise), by digest."""
     digest = ckpt.model_version("params", dict(net.named_parameters()))
     digests: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(digests, digest)
     return len(set(digests)) == 1
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a training step computes: autocast to ``dtype`` (None: float32 throughout),
+    with a gradient scaler when float16's narrow range needs one."""
+
+    name: Literal["bf16", "fp16", "fp32"]
+    dtype: torch.dtype | None
+    scaled: bool
+
+
+def choose_precision(
+    setting: bool | str, device: torch.device, *, bf16_supported: bool | None = None
+) -> Precision:
+    """The step's precision for ``mixed_precision`` on ``device``.
+
+    ``auto`` (or true): bf16 on a GPU that supports it (Ampere and later: the range of
+    float32, no scaler), fp16 with a grad scaler on an older GPU, float32 on a CPU
+    (autocast there is slower than float32 on most CPUs). ``bf16``/``fp16`` as asked, on
+    any device; false: float32. ``bf16_supported`` None asks the device.
+    """
+    if setting is False or setting == "off":
+        return Precision("fp32", None, False)
+    if setting in (True, "auto"):
+        if device.type != "cuda":
+            return Precision("fp32", None, False)
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported()
+        setting = "bf16" if bf16_supported else "fp16"
+    if setting == "bf16":
+        return Precision("bf16", torch.bfloat16, False)
+    if setting == "fp16":
+        return Precision("fp16", torch.float16, True)
+    raise ConfigError(f"mixed_precision must be auto, bf16, fp16 or false, got {setting!r}")
+
+
+class TrainingRecipe:
+    """One worker's training, in plain PyTorch: :meth:`restore` a checkpoint's state,
+    :meth:`prepare` (device, DDP), then per epoch :meth:`train_epoch`, :meth:`evaluate`
+    and :meth:`end_epoch`, and :meth:`state` for the checkpoint. Ray Train's worker loop
+    and the DDP tests drive the same object; nothing here knows about Ray."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        spec: TokenSpec,
+        *,
+        genres: list[str],
+        moods: list[str],
+        words: list[str] | None = None,
+        class_weights: list[float] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.config, self.spec, self.genres, self.moods = config, spec, genres, moods
+        self.words = list(words) if words else None
+        self.device = device or torch.device("cpu")
+        torch.manual_seed(config.seed)
+        self.model: GenreModel = build_model(
+            config.model,
+            spec,
+            n_genres=len(genres),
+            n_moods=len(moods),
+            preset=config.preset,
+            overrides=config.model_overrides,
+            vocab_size=len(self.words) if self.words else None,
+        )
+        self.net: nn.Module = self.model
+        self.optimizer = make_optimizer(self.model, config)
+        self.precision = choose_precision(config.mixed_precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
+        self.class_weights = (
+            torch.tensor(class_weights, dtype=torch.float32, device=self.device)
+            if class_weights
+            else None
+        )
+        self.start_epoch, self.best_f1, self.stale = 0, -1.0, 0
+        self.history: list[dict[str, Any]] = []
+        self._optimizer_state: dict[str, Any] | None = None
+
+    def ddp_options(self) -> dict[str, Any]:
+        """``DistributedDataParallel`` arguments. A lyrics model's text branch gets no
+        gradient from a batch without lyrics (every FMA batch has such tracks); DDP must
+        then look for unused parameters or it stops at the next step."""
+        return {"find_unused_parameters": bool(self.model.uses_lyrics)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state (:meth:`state`): weights now, the optimizer's
+        state once :meth:`prepare` has put the weights on their device."""
+        self.model.load_state_dict(state["state_dict"])
+        self._optimizer_state = state["optimizer"]
+        self.start_epoch = int(state["epoch"]) + 1
+        if "torch_rng" in state:  # dropout and friends continue where the run stopped
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.best_f1, self.stale = float(state["best_f1"]), int(state["stale"])
+        self.history = list(state["history"])
+
+    def prepare(self, wrap: Any = None) -> None:
+        """Memory layout, device and (``wrap``, e.g. DDP) parallel wrapper. Optimizer
+        state restored before is loaded here, after the weights moved: loading casts it
+        to their device, so a GPU run resumes with its Adam moments on the GPU."""
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.net = wrap(self.model) if wrap is not None else self.model.to(self.device)
+        if self._optimizer_state is not None:
+            self.optimizer.load_state_dict(self._optimizer_state)
+            self._optimizer_state = None
+
+    @property
+    def inner(self) -> nn.Module:
+        """The model without its parallel wrapper (what a checkpoint holds)."""
+        return self.net.module if isinstance(self.net, DistributedDataParallel) else self.net
+
+    def step(self, batch: dict[str, Tensor]) -> float:
+        """One optimisation step on ``batch`` (on the device); its loss."""
+        precision = self.precision
+        with torch.autocast(
+            self.device.type, dtype=precision.dtype, enabled=precision.dtype is not None
+        ):
+            out = forward(self.net, batch)
+        loss = batch_loss(
+            out,
+            batch["genre_idx"],
+            batch["mood_idx"],
+            class_weights=self.class_weights,
+            mood_loss_weight=self.config.mood_loss_weight,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())  # also waits for the device to finish
+
+    def train_epoch(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
+        """Train on every batch; the epoch's loss and where its time went."""
+        self.net.train()
+        started, waited, first_wait, computed = time.perf_counter(), 0.0, 0.0, 0.0
+        cpu_started = time.process_time()  # every thread of this worker, Ray's included
+        losses: list[float] = []
+        wait_start = time.perf_counter()
+        for batch in batches:
+            step_start = time.perf_counter()
+            waited += step_start - wait_start
+            if not losses:  # the first batch waits for the shuffle buffer to fill
+                first_wait = waited
+            losses.append(self.step(batch))
+            wait_start = time.perf_counter()
+            computed += wait_start - step_start
+        return {
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_seconds": time.perf_counter() - started,
+            "data_wait_seconds": waited,
+            "compute_seconds": computed,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "first_batch_wait_seconds": first_wait,
+            "steps": len(losses),
+        }
+
+    def evaluate(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
+        """Metrics over every worker's ``batches`` (gathered when distributed)."""
+        return evaluate(_gather(predict(self.net, batches)), self.genres, self.moods)
+
+    def end_epoch(
+        self, epoch: int, trained: dict[str, Any], val: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """The epoch's metrics, and whether early stopping ends the run."""
+        f1 = float(val.get("macro_f1", 0.0))
+        improved = f1 > self.best_f1
+        self.best_f1, self.stale = (f1, 0) if improved else (self.best_f1, self.stale + 1)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": trained["train_loss"],
+            "val_accuracy": float(val.get("accuracy", 0.0)),
+            "val_macro_f1": f1,
+            "val_log_loss": float(val.get("log_loss", math.nan)),
+            "val_per_class_f1": val.get("per_class_f1", {}),
+            "val_mood_accuracy": float(val["mood"].get("accuracy", math.nan))
+            if "mood" in val
+            else math.nan,
+            **{k: v for k, v in trained.items() if k != "train_loss"},
+            "precision": self.precision.name,
+            "torch_threads": torch.get_num_threads(),
+            "niceness": os.nice(0),  # this thread's; threads inherit it
+        }
+        if _world_size() > 1:
+            metrics["replicas_in_sync"] = _replicas_in_sync(self.net)
+        self.history.append({k: v for k, v in metrics.items() if k != "val_per_class_f1"})
+        patience = self.config.early_stopping_patience
+        return metrics, patience > 0 and self.stale >= patience
+
+    def state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint holds after ``epoch`` (:func:`genreflow.checkpoint.save`)."""
+        config = self.config
+        state = {
+            "state_dict": self.inner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "torch_rng": torch.get_rng_state(),
+            "best_f1": self.best_f1,
+            "stale": self.stale,
+            "history": self.history,
+            "labels": {"genre": self.genres, "mood": self.moods},
+            "token_spec": self.spec.to_dict(),
+            "model": {
+                "name": config.model,
+                "preset": config.preset,
+                "overrides": dict(config.model_overrides),
+            },
+            "lyrics_vocab": list(self.words) if self.words else [],
+            "val_metrics": {k: v for k, v in metrics.items() if k != "val_per_class_f1"},
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -327,56 +551,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Batches of a split held in the object store arrive as read-only views; the step
     # only reads them, so torch's warning about non-writable arrays is noise here.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    spec = TokenSpec.from_dict(loop_config["token_spec"])
-    genres, moods = loop_config["genres"], loop_config["moods"]
-    words = loop_config.get("lyrics_vocab")
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
-    torch.manual_seed(config.seed)
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-
-    model = build_model(
-        config.model,
-        spec,
-        n_genres=len(genres),
-        n_moods=len(moods),
-        preset=config.preset,
-        overrides=config.model_overrides,
-        vocab_size=len(words) if words else None,
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    recipe = TrainingRecipe(
+        config,
+        TokenSpec.from_dict(loop_config["token_spec"]),
+        genres=loop_config["genres"],
+        moods=loop_config["moods"],
+        words=loop_config.get("lyrics_vocab"),
+        class_weights=loop_config.get("class_weights"),
+        device=device,
     )
-    optimizer = make_optimizer(model, config)
-    start_epoch, best_f1, stale, history = 0, -1.0, 0, []
     resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
     if resumed is not None:
         with resumed.as_directory() as folder:
-            state = ckpt.load(folder)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        if "torch_rng" in state:  # dropout and friends continue where the run stopped
-            torch.set_rng_state(state["torch_rng"])
-        best_f1, stale, history = (
-            float(state["best_f1"]),
-            int(state["stale"]),
-            list(state["history"]),
+            recipe.restore(ckpt.load(folder))
+    # RAY: device placement and DDP (>1 worker)
+    recipe.prepare(
+        lambda model: ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs=recipe.ddp_options()
         )
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    # RAY: device placement and DDP (>1 worker). A lyrics model's text branch gets no
-    # gradient from a batch without lyrics (every FMA batch has such tracks); DDP must
-    # then look for unused parameters or it stops at the next step.
-    net = ray.train.torch.prepare_model(
-        model,
-        parallel_strategy_kwargs={"find_unused_parameters": bool(model.uses_lyrics)},
     )
-    device = ray.train.torch.get_device()
-    use_amp = config.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = loop_config.get("class_weights")
-    class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
     val_shard = ray.train.get_dataset_shard("val")
-    pin = device.type == "cuda"
     prefetch = prefetch_batches(config, device)
 
     class Collate(NumpyBatchCollateFn):  # RAY: the iterator's batch -> tensors hook
@@ -389,99 +587,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch_size=config.batch_size,
             local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
             local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, rank) if shuffle else None,
-            pin_memory=pin,
+            pin_memory=device.type == "cuda",
             device="cpu",
             collate_fn=Collate(),
             prefetch_batches=prefetch,
         ):
             yield _to_device(batch, device)
 
-    for epoch in range(start_epoch, config.epochs):
-        net.train()
-        started, waited, first_wait, computed = time.perf_counter(), 0.0, 0.0, 0.0
-        cpu_started = time.process_time()  # every thread of this worker, Ray's included
-        losses: list[float] = []
-        wait_start = time.perf_counter()
-        for batch in batches(train_shard, shuffle_epoch=epoch):
-            step_start = time.perf_counter()
-            waited += step_start - wait_start
-            if not losses:  # the first batch waits for the shuffle buffer to fill
-                first_wait = waited
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = forward(net, batch)
-            loss = batch_loss(
-                out,
-                batch["genre_idx"],
-                batch["mood_idx"],
-                class_weights=class_weights,
-                mood_loss_weight=config.mood_loss_weight,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))  # also waits for the device to finish
-            wait_start = time.perf_counter()
-            computed += wait_start - step_start
-        train_seconds = time.perf_counter() - started
-        cpu_seconds = time.process_time() - cpu_started
-        val = evaluate(_gather(predict(net, batches(val_shard))), genres, moods)
-        f1 = float(val.get("macro_f1", 0.0))
-        improved = f1 > best_f1
-        best_f1, stale = (f1, 0) if improved else (best_f1, stale + 1)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "val_accuracy": float(val.get("accuracy", 0.0)),
-            "val_macro_f1": f1,
-            "val_log_loss": float(val.get("log_loss", math.nan)),
-            "val_per_class_f1": val.get("per_class_f1", {}),
-            "val_mood_accuracy": float(val["mood"].get("accuracy", math.nan))
-            if "mood" in val
-            else math.nan,
-            "train_seconds": train_seconds,
-            "data_wait_seconds": waited,
-            "compute_seconds": computed,
-            "cpu_seconds": cpu_seconds,
-            "first_batch_wait_seconds": first_wait,
-            "steps": len(losses),
-            "torch_threads": torch.get_num_threads(),
-            "niceness": os.nice(0),  # this thread's; threads inherit it
-        }
-        if context.get_world_size() > 1:
-            metrics["replicas_in_sync"] = _replicas_in_sync(net)
-        history.append({k: v for k, v in metrics.items() if k != "val_per_class_f1"})
-        stop = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
+    for epoch in range(recipe.start_epoch, config.epochs):
+        trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch))
+        val = recipe.evaluate(batches(val_shard))
+        metrics, stop = recipe.end_epoch(epoch, trained, val)
         if rank == 0:
             storage.write_json_atomic(
                 storage.join(config.out, "epochs", f"epoch-{epoch:04d}.json"),
                 {**metrics, "val_confusion_matrix": val.get("confusion_matrix")},
             )
             with tempfile.TemporaryDirectory() as folder:
-                inner = net.module if isinstance(net, DistributedDataParallel) else net
-                ckpt.save(
-                    folder,
-                    {
-                        "state_dict": inner.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "torch_rng": torch.get_rng_state(),
-                        "best_f1": best_f1,
-                        "stale": stale,
-                        "history": history,
-                        "labels": {"genre": genres, "mood": moods},
-                        "token_spec": spec.to_dict(),
-                        "model": {
-                            "name": config.model,
-                            "preset": config.preset,
-                            "overrides": dict(config.model_overrides),
-                        },
-                        "lyrics_vocab": list(words) if words else [],
-                        "val_metrics": {
-                            k: v for k, v in metrics.items() if k != "val_per_class_f1"
-                        },
-                    },
-                )
+                ckpt.save(folder, recipe.state(epoch, metrics))
                 # RAY: report metrics with the checkpoint (rank 0 holds the full model)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:

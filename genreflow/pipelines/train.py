@@ -36,9 +36,11 @@ from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
 from genreflow.runtime import (
+    cluster_gpus,
     init_ray,
     read_parquet,
     wait_for_resources,
+    wants_gpus,
     withdraw_resource_request,
 )
 from genreflow.schema import tokens_numpy
@@ -209,6 +211,7 @@ def _fit(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     genres = manifest["labels"]["genre"]
+    use_gpu = config.use_gpu is True  # run_train resolved auto
     counts = manifest["counts"]["by_split_genre"].get("train", {})
     loop_config = {
         "config": dataclasses.asdict(config),
@@ -223,13 +226,13 @@ def _fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
+            use_gpu=use_gpu,
             resources_per_worker={
                 "CPU": config.cpus_per_worker,
-                **({"GPU": 1} if config.use_gpu else {}),
+                **({"GPU": 1} if use_gpu else {}),
             },
         ),
         # ray.train exports Train V2's RunConfig when V2 is on (the default); mypy sees V1's
@@ -362,6 +365,9 @@ def run_train(config: TrainConfig) -> TrainResult:
     start = time.perf_counter()
     manifest = _check(config)
     init_ray(config.address, num_cpus=config.num_cpus)
+    present, possible = cluster_gpus()
+    use_gpu = wants_gpus(config.use_gpu, present=present, possible=possible, what="training")
+    config = dataclasses.replace(config, use_gpu=use_gpu)
     asked = _check_resources(config)
     mark_started()
     try:
