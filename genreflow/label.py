@@ -11,6 +11,7 @@ signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where k
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +26,8 @@ from genreflow import storage
 from genreflow.config import path_field
 from genreflow.errors import AudioError, ConfigError
 from genreflow.ingest import error_table, shard_name, tokenize_track
-from genreflow.models.base import fuse_for_inference
+from genreflow.models.base import inference_model
+from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
 
 
@@ -43,7 +45,8 @@ class LabelConfig:
     # CPU, where a few tracks' activations stay in cache and the actor's heap stays
     # small, the whole call's batch on a GPU
     actors: int | None = None  # model actors (one model copy each); None: see plan_actors
-    gpus_per_actor: float = 0.0  # > 0: the actors run on GPUs (a fraction shares one)
+    gpus_per_actor: float | Literal["auto"] = "auto"  # auto: 1 where the cluster has GPUs
+    # or its autoscaler can start them, else 0 (CPU actors); a fraction shares a GPU
     cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
     read_cpus: float = 0.25  # CPUs reserved per shard reader
     read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
@@ -76,8 +79,9 @@ class LabelConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.gpus_per_actor < 0:
-            raise ConfigError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        if self.gpus_per_actor != "auto" and self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus_per_actor must be >= 0 or auto, got {self.gpus_per_actor}")
+
         for name in ("cpus_per_actor", "read_cpus"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -89,13 +93,28 @@ class LabelConfig:
         if self.inflight_gb is not None and self.inflight_gb <= 0:
             raise ConfigError(f"inflight_gb must be > 0 (or null), got {self.inflight_gb}")
 
+    @property
+    def gpu_share(self) -> float:
+        """GPUs per actor as a number (``auto`` not yet resolved: 0, CPU actors)."""
+        return 0.0 if self.gpus_per_actor == "auto" else float(self.gpus_per_actor)
+
+
+def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None) -> LabelConfig:
+    """``gpus_per_actor=auto`` made a number for this cluster: one GPU per actor where it
+    has GPUs or its autoscaler can start them (``possible``), else CPU actors."""
+    if config.gpus_per_actor != "auto":
+        return config
+    on_gpus = wants_gpus("auto", present=present, possible=possible, what="labelling")
+    return dataclasses.replace(config, gpus_per_actor=1.0 if on_gpus else 0.0)
+
 
 def plan_actors(
     config: LabelConfig, *, cluster_cpus: float, cluster_gpus: float, from_shards: bool
 ) -> tuple[int, float]:
     """How many model actors and how many CPUs each: the config's values where set.
 
-    On GPUs: one actor per ``gpus_per_actor`` of the cluster's GPUs, one CPU each. On
+    On GPUs: one actor per ``gpus_per_actor`` of the cluster's GPUs (``cluster_gpus``:
+    those up now, or one where the autoscaler has yet to start any), one CPU each. On
     CPUs an actor runs one torch thread, so it reserves half a CPU and the tasks that
     feed it (shard reads, at ``read_cpus`` each) run beside it. Several single-threaded
     actors keep every core busy where one multi-threaded actor would stall its threads
@@ -103,8 +122,8 @@ def plan_actors(
     CPU to the reads. From raw audio, decoding costs about ten times the model per
     track, so one actor per ten CPUs.
     """
-    if config.gpus_per_actor > 0:
-        actors = config.actors or max(1, int(cluster_gpus / config.gpus_per_actor))
+    if config.gpu_share > 0:
+        actors = config.actors or max(1, int(cluster_gpus / config.gpu_share))
         return actors, config.cpus_per_actor or 1.0
     cpus = config.cpus_per_actor or 0.5
     if config.actors is not None:
@@ -126,7 +145,7 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
     """
     if config.read_tasks is not None:
         return config.read_tasks
-    if config.gpus_per_actor > 0:
+    if config.gpu_share > 0:
         return 2 * actors
     return max(1, actors // 2)
 
@@ -203,10 +222,7 @@ class Labeller:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        # batch norm folded into the convolutions, and channels_last as in training
-        # (the conv stacks run 1.2-1.8x faster on CPU)
-        model = fuse_for_inference(self.loaded.model)
-        self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = inference_model(self.loaded.model, self.device)
         self.top_k = min(top_k, len(self.loaded.genres))
         self.moments = moments
         # On a CPU actor's one thread a forward pass of 8 tracks runs as fast per track

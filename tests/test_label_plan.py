@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from genreflow.errors import ConfigError
-from genreflow.label import LabelConfig, plan_actors, plan_reads
+from genreflow.label import LabelConfig, plan_actors, plan_reads, resolve_gpus
 
 
 def plan(cpus: float, gpus: float = 0.0, *, shards: bool = True, **settings: object) -> tuple:
@@ -60,3 +60,23 @@ def test_reads_follow_the_actors_they_feed() -> None:
 def test_bad_pool_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=next(iter(settings))):
         LabelConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "present,possible,expected",
+    [(4.0, None, 1.0), (0.0, 8.0, 1.0), (0.0, None, 0.0), (0.0, 0.0, 0.0)],
+)
+def test_auto_gives_each_actor_a_gpu_where_the_cluster_has_or_can_start_one(
+    present: float, possible: float | None, expected: float
+) -> None:
+    resolved = resolve_gpus(LabelConfig(), present=present, possible=possible)
+    assert resolved.gpus_per_actor == expected
+    assert (
+        resolve_gpus(LabelConfig(gpus_per_actor=0.5), present=0.0, possible=None).gpu_share == 0.5
+    )
+    assert resolve_gpus(LabelConfig(gpus_per_actor=0), present=4.0, possible=4.0).gpu_share == 0.0
+
+
+def test_an_unresolved_auto_plans_cpu_actors() -> None:
+    assert LabelConfig().gpus_per_actor == "auto"
+    assert plan(8) == (8, 0.5) and plan_reads(LabelConfig(), actors=2) == 1

@@ -8,7 +8,7 @@ an optional ``token_mask [batch, n_tokens]`` (True = real token), optional lyric
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from genreflow.tokens import TokenSpec
 # Tokens are log-mel dB (floor -100); this affine puts typical music near [-2, 2].
 INPUT_SHIFT_DB = 40.0
 INPUT_SCALE_DB = 20.0
+
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class ModelOutput(NamedTuple):
@@ -191,6 +194,15 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
                     fused.padding = (top, left)
                     module[i - 1] = nn.Identity()
             module[i], module[i + 1] = fused, nn.Identity()
+    return model
+
+
+def inference_model(model: M, device: torch.device) -> M:
+    """What a labeller runs: ``model`` in eval mode with batch norm folded into its
+    convolutions (:func:`fuse_for_inference`, in place), channels_last as in training
+    (the conv stacks run 1.2-1.8x faster on CPU), on ``device``."""
+    fuse_for_inference(model.eval())
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 

@@ -33,9 +33,17 @@ from genreflow.catalog import Catalog, read_catalog
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
 from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
-from genreflow.label import LabelConfig, Labeller, decode_for_label, plan_actors, plan_reads
+from genreflow.label import (
+    LabelConfig,
+    Labeller,
+    decode_for_label,
+    plan_actors,
+    plan_reads,
+    resolve_gpus,
+)
 from genreflow.runtime import (
     check_actor_fit,
+    cluster_gpus,
     data_memory_limit,
     init_ray,
     ray_resources,
@@ -158,10 +166,12 @@ def run_label(config: LabelConfig) -> LabelResult:
 
     init_ray(config.address, num_cpus=config.num_cpus)
     resources = ray_resources()
+    present, possible = cluster_gpus()
+    config = resolve_gpus(config, present=present, possible=possible)
     actors, cpus_per_actor = plan_actors(
         config,
         cluster_cpus=resources.get("CPU", 0.0),
-        cluster_gpus=resources.get("GPU", 0.0),
+        cluster_gpus=present or float(bool(possible)),
         from_shards=from_shards,
     )
     check_actor_fit(
@@ -170,14 +180,14 @@ def run_label(config: LabelConfig) -> LabelResult:
         what="labelling",
         address=config.address,
         feed_cpus=config.read_cpus if from_shards else 1.0,
-        gpus_per_actor=config.gpus_per_actor,
+        gpus_per_actor=config.gpu_share,
     )
     mark_started()
     log.info(
         "labelling with %d model actor(s), %g CPU(s)%s each",
         actors,
         cpus_per_actor,
-        f" and {config.gpus_per_actor:g} GPU" if config.gpus_per_actor else "",
+        f" and {config.gpu_share:g} GPU" if config.gpu_share else "",
     )
     config = dataclasses.replace(config, actors=actors, cpus_per_actor=cpus_per_actor)
     # before any dataset is made: each copies Ray Data's context
@@ -271,7 +281,7 @@ def _write_labels(
     skipped = tracks_in - todo
     labelled = 0
     if todo:
-        use_gpu = config.gpus_per_actor > 0
+        use_gpu = config.gpu_share > 0
         cpus = config.cpus_per_actor or 1.0  # set by run_label's plan
         labels = ds.map_batches(
             Labeller,
@@ -287,7 +297,7 @@ def _write_labels(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=cpus,
-            num_gpus=config.gpus_per_actor if use_gpu else None,
+            num_gpus=config.gpu_share if use_gpu else None,
         )
         # The job's own process writes the label files as the rows stream in: label rows
         # are small (about 350 bytes a track), and a write stage of tasks started a
