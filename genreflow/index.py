@@ -79,7 +79,9 @@ class IndexConfig:
     tune_queries: int = 1_000  # held-out queries for measuring recall@10
     recall_target: float = 0.95
     batch_size: int = 8_192  # vectors per add / search block
-    device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: every GPU FAISS sees, else CPU
+    device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: GPUs where there are (on a
+    # cluster: where it has or can start them), else the CPU; gpu: fail without one
+    gpus: int = 1  # on a cluster: GPUs the build task takes (each fills a range of the rows)
     neighbours: int = 10  # neighbours per track in the table; 0: no table
     neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
     # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
@@ -91,7 +93,7 @@ class IndexConfig:
     num_cpus: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("exact_below", "train_size", "tune_queries", "batch_size", "actors"):
+        for name in ("exact_below", "train_size", "tune_queries", "batch_size", "actors", "gpus"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_versions < 1 or self.neighbours < 0 or self.nlist < 0 or self.pq_m < 0:
@@ -227,12 +229,89 @@ class BuiltIndex:
         return int(self.index.ntotal)
 
 
-def build_index(blocks: Blocks, *, config: IndexConfig, gpus: int = 0) -> BuiltIndex:
+class ShardedFill:
+    """An index filled as ``len(devices)`` copies of one trained index, each holding a
+    contiguous range of the ``count`` rows, then merged in order into one CPU index.
+
+    The copies share the trained coarse quantizer (IVF) and every row keeps its
+    position, so the merged index is the one a single device would have built, byte
+    for byte (``tests/test_index.py`` checks this with CPU shards). Each block is added
+    in one call per shard it spans, never row by row. FAISS's own multi-GPU sharding
+    (``index_cpu_to_all_gpus(shard=True)``) accepts one ``add`` only and trains one
+    coarse quantizer per GPU; this fill has neither limit.
+    """
+
+    def __init__(
+        self,
+        trained: faiss.Index,
+        *,
+        count: int,
+        shards: int,
+        to_device: Callable[[faiss.Index, int], faiss.Index],
+        to_cpu: Callable[[faiss.Index], faiss.Index],
+    ) -> None:
+        self.count, self.to_cpu = count, to_cpu
+        self.bounds = [count * i // shards for i in range(shards)] + [count]
+        self.parts = [to_device(faiss.clone_index(trained), i) for i in range(shards)]
+        self.added = 0
+
+    def add(self, vectors: np.ndarray) -> None:
+        start, end = self.added, self.added + len(vectors)
+        if end > self.count:
+            raise GenreflowError(
+                f"the labels grew while the index was built ({end} rows, {self.count} counted "
+                "in the first pass); rerun once the label job has finished"
+            )
+        for part, low, high in zip(self.parts, self.bounds, self.bounds[1:], strict=False):
+            lo, hi = max(start, low), min(end, high)
+            if lo < hi:
+                part.add(vectors[lo - start : hi - start])
+        self.added = end
+
+    def merged(self) -> faiss.Index:
+        """The filled index on the CPU, rows in the order they were added."""
+        if self.added != self.count:
+            raise GenreflowError(
+                f"the labels changed while the index was built ({self.added} rows, "
+                f"{self.count} counted in the first pass); rerun once the label job has finished"
+            )
+        parts = [self.to_cpu(part) for part in self.parts]
+        merged = parts[0]
+        flat = isinstance(faiss.downcast_index(merged), faiss.IndexFlatCodes)
+        for other in parts[1:]:
+            merged.merge_from(other, 0 if flat else merged.ntotal)  # flat: ids are positions
+        return merged
+
+
+def _on_cpu(index: faiss.Index, _: int) -> faiss.Index:
+    return index
+
+
+def _gpu_placement(
+    gpus: int, plan: IndexPlan
+) -> tuple[Callable[..., faiss.Index], Callable[..., faiss.Index]]:
+    """``(to_device, to_cpu)`` for a fill on GPUs ``0..gpus-1``."""
+    resources = [faiss.StandardGpuResources() for _ in range(gpus)]
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = plan.kind == "ivfpq"  # lookup tables in fp16 fit more sub-quantisers
+
+    def to_device(index: faiss.Index, device: int) -> faiss.Index:
+        return faiss.index_cpu_to_gpu(resources[device], device, index, options)
+
+    return to_device, faiss.index_gpu_to_cpu
+
+
+def build_index(
+    blocks: Blocks, *, config: IndexConfig, gpus: int = 0, shards: int | None = None
+) -> BuiltIndex:
     """Build, fill and tune an index over every block of ``blocks()`` (two passes).
 
     Args:
         blocks: called once per pass; yields :class:`Block` s in the same order each time.
         gpus: GPUs to build on (:func:`select_gpus`); the result is a CPU index either way.
+            With several, each holds a range of the rows (:class:`ShardedFill`).
+        shards: ranges to fill separately; None: one per GPU, one on a CPU. On a CPU
+            several run the multi-GPU fill with CPU copies (for tests).
 
     Raises:
         GenreflowError: no vectors; ShapeError: blocks of differing dimension.
@@ -260,16 +339,26 @@ def build_index(blocks: Blocks, *, config: IndexConfig, gpus: int = 0) -> BuiltI
     query_pos = sample.positions[query_rows]
 
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    work = index
-    if gpus and plan.kind != "hnsw":
-        work = _to_gpus(index, gpus, plan)
-    elif gpus:
+    if gpus and plan.kind == "hnsw":
         log.info("HNSW has no FAISS GPU build; building it on the CPU")
+        gpus = 0
+    to_device, to_cpu = _gpu_placement(gpus, plan) if gpus else (_on_cpu, lambda i: i)
     if plan.trained:
         train = np.ascontiguousarray(sample.vectors[train_rows])
-        log.info("training %s on %d sampled vectors", plan.factory, len(train))
+        log.info(
+            "training %s on %d sampled vectors%s", plan.factory, len(train),
+            f" on GPU 0 of {gpus}" if gpus else "",
+        )  # fmt: skip
+        work = to_device(index, 0)
         work.train(train)
+        index = to_cpu(work)  # the one trained quantizer every shard copies
+        del work
     del sample
+    fill = ShardedFill(
+        index, count=count, shards=shards or max(1, gpus), to_device=to_device, to_cpu=to_cpu
+    )
+    if gpus:
+        log.info("filling %s on %d GPU(s)", plan.factory, gpus)
 
     # pass 2: add every block; exact search of the held-out queries against each block
     k = min(RECALL_K + 1, count)
@@ -281,7 +370,7 @@ def build_index(blocks: Blocks, *, config: IndexConfig, gpus: int = 0) -> BuiltI
         vectors = np.ascontiguousarray(block.vectors, dtype=np.float32)
         _check_dim(vectors, dim)
         offset = len(ids)
-        work.add(vectors)
+        fill.add(vectors)
         ids.extend(str(t) for t in block.track_ids)
         block_genres = block.genres if block.genres is not None else [None] * len(vectors)
         genres.extend(g if isinstance(g, str) else None for g in block_genres)
@@ -295,16 +384,14 @@ def build_index(blocks: Blocks, *, config: IndexConfig, gpus: int = 0) -> BuiltI
         )
         exact_seconds += time.perf_counter() - t0
     heap.finalize()
-    if gpus and work is not index:
-        index = faiss.index_gpu_to_cpu(work)
     built = BuiltIndex(
-        index=index,
+        index=fill.merged(),
         track_ids=ids,
         genres=genres,
         plan=plan,
         dim=dim,
         exact_qps=len(queries) / exact_seconds if exact_seconds else 0.0,
-        gpus=gpus if plan.kind != "hnsw" else 0,
+        gpus=gpus,
     )
     truth = _drop_self(heap.I, query_pos, RECALL_K)
     tune(built, queries, query_pos, truth, target=config.recall_target)
@@ -319,14 +406,6 @@ def _check_dim(vectors: np.ndarray, dim: int) -> int:
             "labels of different models cannot share an index (set model_version=...)"
         )
     return int(vectors.shape[1])
-
-
-def _to_gpus(index: faiss.Index, gpus: int, plan: IndexPlan) -> faiss.Index:
-    options = faiss.GpuMultipleClonerOptions()
-    options.shard = gpus > 1
-    options.useFloat16 = plan.kind == "ivfpq"  # lookup tables in fp16 fit more sub-quantisers
-    log.info("building %s on %d GPU(s)", plan.factory, gpus)
-    return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=gpus)
 
 
 def _drop_self(found: np.ndarray, self_pos: np.ndarray, k: int) -> np.ndarray:

@@ -143,7 +143,8 @@ def test_cpu_builds_never_touch_the_gpu_api(monkeypatch: pytest.MonkeyPatch) -> 
     def no_gpu(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a GPU call on a CPU build")
 
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu)
+    monkeypatch.setattr(fidx, "_gpu_placement", no_gpu)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", no_gpu, raising=False)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", no_gpu, raising=False)
     x = clustered(2_000, 8, clusters=8, seed=3)
     built = fidx.build_index(
@@ -152,41 +153,90 @@ def test_cpu_builds_never_touch_the_gpu_api(monkeypatch: pytest.MonkeyPatch) -> 
     assert built.gpus == 0 and built.count == 2_000
 
 
-def test_the_gpu_branch_builds_there_and_returns_a_cpu_index(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With GPUs (stood in for by a recording clone where there are none), the index is
-    trained and filled through the GPU clone and handed back as a CPU index."""
-    calls: list[str] = []
-    have_gpu = fidx.faiss_gpus() > 0
-    if not have_gpu:
+def _recording_placement(
+    calls: list[str],
+) -> Any:
+    """A stand-in for the GPU placement where FAISS has no GPU: copies on the CPU, each
+    move recorded."""
 
-        def to_gpus(index: faiss.Index, gpus: int, plan: fidx.IndexPlan) -> faiss.Index:
-            calls.append(f"to:{gpus}:{plan.kind}")
+    def placement(gpus: int, plan: fidx.IndexPlan) -> tuple[Any, Any]:
+        calls.append(f"placement:{gpus}:{plan.kind}")
+
+        def to_device(index: faiss.Index, device: int) -> faiss.Index:
+            calls.append(f"to:{device}")
             return faiss.clone_index(index)
 
         def to_cpu(index: faiss.Index) -> faiss.Index:
             calls.append("back")
-            return index
+            return faiss.clone_index(index)
 
-        monkeypatch.setattr(fidx, "_to_gpus", to_gpus)
-        monkeypatch.setattr(faiss, "index_gpu_to_cpu", to_cpu, raising=False)
+        return to_device, to_cpu
+
+    return placement
+
+
+def test_the_gpu_branch_trains_once_fills_every_gpu_and_returns_a_cpu_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With GPUs (stood in for by recording CPU copies where there are none), the index
+    is trained on GPU 0, each GPU fills its range, and a CPU index comes back: the one
+    a CPU build makes."""
+    calls: list[str] = []
+    have_gpu = fidx.faiss_gpus() > 0
+    if not have_gpu:
+        monkeypatch.setattr(fidx, "_gpu_placement", _recording_placement(calls))
     x = clustered(3_000, 16, clusters=8, seed=4)
     config = fidx.IndexConfig(index_type="ivf", tune_queries=100, device="auto")
-    gpus = 1 if not have_gpu else fidx.select_gpus("auto", fidx.faiss_gpus())
+    gpus = 2 if not have_gpu else fidx.select_gpus("auto", fidx.faiss_gpus())
     on_gpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=gpus)
     on_cpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=0)
-    if not have_gpu:
-        assert calls == ["to:1:ivf", "back"]
+    if not have_gpu:  # train on 0 and back; a copy of the trained index to each; back
+        assert calls == ["placement:2:ivf", "to:0", "back", "to:0", "to:1", "back", "back"]
     assert on_gpu.gpus == gpus and on_gpu.count == on_cpu.count == 3_000
     assert not isinstance(on_gpu.index, getattr(faiss, "GpuIndex", ()))
     assert on_gpu.recall_at_10 >= 0.9
+    if not have_gpu:  # the same quantizer and rows in the same order: the same index
+        assert (
+            faiss.serialize_index(on_gpu.index).tobytes()
+            == faiss.serialize_index(on_cpu.index).tobytes()
+        )
     # HNSW has no GPU build: it is built on the CPU even when GPUs are asked for
     calls.clear()
     hnsw = fidx.build_index(
         blocks_of(x, 1_000), config=fidx.IndexConfig(index_type="hnsw", tune_queries=50), gpus=1
     )
-    assert hnsw.gpus == 0 and "to:1:hnsw" not in calls
+    assert hnsw.gpus == 0 and calls == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfsq", "ivfpq"])
+@pytest.mark.parametrize("shards", [2, 3])
+def test_a_sharded_fill_equals_a_single_device_build_byte_for_byte(kind: str, shards: int) -> None:
+    """The multi-GPU fill, run with CPU shards: blocks (of 700) straddle the shards'
+    ranges, the shards share the trained quantizer, and the merged index is the one a
+    single device builds."""
+    x = clustered(2_500, 16, clusters=8, seed=5)
+    config = fidx.IndexConfig(index_type=kind, tune_queries=50, nlist=16, pq_m=4)  # type: ignore[arg-type]
+    single = fidx.build_index(blocks_of(x, 700), config=config)
+    sharded = fidx.build_index(blocks_of(x, 700), config=config, shards=shards)
+    assert sharded.count == single.count == 2_500
+    assert sharded.track_ids == single.track_ids
+    assert (
+        faiss.serialize_index(sharded.index).tobytes()
+        == faiss.serialize_index(single.index).tobytes()
+    )
+    assert sharded.recall_at_10 == single.recall_at_10
+
+
+def test_rows_that_change_between_the_passes_are_refused() -> None:
+    x = clustered(1_000, 8, clusters=4, seed=6)
+    passes = iter([x, np.concatenate([x, x[:10]])])
+
+    def blocks() -> Iterator[fidx.Block]:
+        rows = next(passes)
+        yield fidx.Block(np.array([f"t{i}" for i in range(len(rows))], dtype=object), rows, None)
+
+    with pytest.raises(GenreflowError, match="labels grew while the index was built"):
+        fidx.build_index(blocks, config=fidx.IndexConfig(tune_queries=20), shards=2)
 
 
 def test_reservoir_sample_is_bounded_and_uniform() -> None:

@@ -4,6 +4,7 @@ neighbours table computed by a Ray Data actor pool."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ from genreflow import storage
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.pipelines.label import RUN_FILE, complete_partitions
-from genreflow.runtime import check_actor_fit, init_ray, read_parquet_files
+from genreflow.runtime import (
+    check_actor_fit,
+    cluster_gpus,
+    init_ray,
+    read_parquet_files,
+    wants_gpus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,33 +125,44 @@ def embedding_blocks(files: list[str], *, version: str, batch_size: int) -> Iter
 
 
 def run_index(config: fidx.IndexConfig) -> IndexResult:
-    """Build, tune and publish the index of ``config.labels`` into ``config.out``."""
+    """Build, tune and publish the index of ``config.labels`` into ``config.out``.
+
+    On a local run the index is built in this process (on the GPUs FAISS sees here, if
+    any). On a cluster (an address or ``RAY_ADDRESS``) the driver, which may sit on a
+    head without GPUs, only plans and publishes: with ``device`` auto or gpu, and GPUs
+    the cluster has or its autoscaler can start, a Ray task holding ``gpus`` GPUs builds
+    and writes the version folder.
+    """
     start = time.perf_counter()
     for key in ("labels", "out"):
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
-    gpus = fidx.select_gpus(config.device, fidx.faiss_gpus())
+    task_gpus = _build_task_gpus(config)
     files, version, checkpoint = label_files(config.labels, config.model_version)
     mark_started()
-
-    def blocks() -> Iterator[fidx.Block]:
-        return embedding_blocks(files, version=version, batch_size=config.batch_size)
-
-    built = fidx.build_index(blocks, config=config, gpus=gpus)
     name = fidx.new_version()
     folder = storage.join(config.out, name)
-    info = fidx.manifest(
-        built,
-        version=name,
-        extra={
-            "model_version": version,
-            "checkpoint": checkpoint,
-            "labels": config.labels,
-            "neighbours_k": config.neighbours,
-        },
-    )
-    fidx.write_version(built, folder, info)
-    del built
+    extra = {
+        "model_version": version,
+        "checkpoint": checkpoint,
+        "labels": config.labels,
+        "neighbours_k": config.neighbours,
+    }
+    request: dict[str, Any] = {
+        "files": files, "version": version, "name": name, "out": config.out,
+        "extra": extra, "config": config,
+    }  # fmt: skip
+    if task_gpus:
+        import ray
+
+        log.info(
+            "building the index in a task on %d GPU(s) (the autoscaler starts one if none is up)",
+            task_gpus,
+        )
+        build = ray.remote(num_gpus=task_gpus, num_cpus=1, max_retries=0)(_build_in_task)
+        info = ray.get(build.remote(request))
+    else:
+        info = build_version(**request)
     rows = 0
     if config.neighbours and int(info["count"]) < config.neighbours_local_below:
         rows = _neighbours_in_process(files, version=version, folder=folder, config=config)
@@ -158,6 +176,72 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
         neighbour_rows=rows,
         seconds=time.perf_counter() - start,
     )
+
+
+def _build_task_gpus(config: fidx.IndexConfig) -> int:
+    """GPUs a build task should take (0: build in this process).
+
+    Raises:
+        ConfigError: ``device=gpu`` where no GPU is or can be had.
+    """
+    if config.device == "cpu" or not (config.address or os.environ.get("RAY_ADDRESS")):
+        fidx.select_gpus(config.device, fidx.faiss_gpus())  # device=gpu without one: refused
+        return 0
+    init_ray(config.address, num_cpus=config.num_cpus)
+    present, possible = cluster_gpus()
+    if config.device == "gpu" and not (present or possible):
+        raise ConfigError(
+            "device=gpu but this cluster has no GPU and its autoscaler can start none; "
+            "use device=auto to build on the CPU"
+        )
+    if not wants_gpus("auto", present=present, possible=possible, what="index build"):
+        return 0
+    return config.gpus
+
+
+def build_version(
+    files: list[str],
+    *,
+    version: str,
+    name: str,
+    out: str,
+    extra: dict[str, Any],
+    config: fidx.IndexConfig,
+) -> dict[str, Any]:
+    """Build and tune the index of the label ``files`` of model ``version`` on the GPUs
+    FAISS sees where this runs (none: the CPU), and write it as version ``name`` in
+    ``out`` (unpublished); its manifest.
+
+    Runs in the job's process, or in a Ray task holding the GPUs on a cluster.
+
+    Raises:
+        ConfigError: ``device=gpu`` and FAISS sees no GPU here.
+    """
+    available = fidx.faiss_gpus()
+    gpus = fidx.select_gpus(config.device, available)
+    if config.device == "auto" and not available and _holds_gpus():
+        log.warning(
+            "this build holds a GPU but FAISS sees none (is faiss-cpu installed instead of "
+            "faiss-gpu?); building on the CPU"
+        )
+
+    def blocks() -> Iterator[fidx.Block]:
+        return embedding_blocks(files, version=version, batch_size=config.batch_size)
+
+    built = fidx.build_index(blocks, config=config, gpus=gpus)
+    info = fidx.manifest(built, version=name, extra=extra)
+    fidx.write_version(built, storage.join(out, name), info)
+    return info
+
+
+def _build_in_task(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`build_version` as a Ray task's function."""
+    return build_version(**request)
+
+
+def _holds_gpus() -> bool:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return bool(visible and visible.strip() not in ("", "-1"))
 
 
 class NeighbourSearcher:
