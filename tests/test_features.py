@@ -3,8 +3,9 @@ from __future__ import annotations
 import librosa
 import numpy as np
 import pytest
+import torch
 
-from genreflow.features import log_mel, log_mel_for_spec
+from genreflow.features import log_mel, log_mel_for_spec, log_mel_torch, mel_filters
 from genreflow.tokens import TokenSpec
 
 
@@ -40,3 +41,36 @@ def test_log_mel_is_invariant_to_batching_the_signal_in_time() -> None:
     whole = log_mel(y, sample_rate=22050, n_fft=2048, hop_length=512, n_mels=64)
     first = log_mel(y[:22050], sample_rate=22050, n_fft=2048, hop_length=512, n_mels=64)
     np.testing.assert_allclose(whole[:, 2:30], first[:, 2:30], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "sr,n_fft,n_mels,fmin,fmax",
+    [(22050, 2048, 128, 0.0, None), (16000, 512, 96, 0.0, 8000.0), (44100, 4096, 40, 20.0, None)],
+)
+def test_mel_filters_are_librosas_to_the_bit(
+    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> None:
+    ours = mel_filters(sample_rate=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ref = librosa.filters.mel(
+        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
+    )
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_torch_front_end_equals_the_numpy_one() -> None:
+    spec = TokenSpec(clip_s=4.0, n_tokens=2, token_s=2.0, n_mels=64)
+    t = np.arange(spec.clip_samples) / spec.sample_rate
+    rng = np.random.default_rng(3)
+    clips = np.stack(
+        [np.sin(2 * np.pi * 220 * t) * 0.3, 0.05 * rng.standard_normal(t.size), np.zeros(t.size)]
+    ).astype(np.float32)
+    ours = log_mel_torch(torch.from_numpy(clips), spec).numpy()
+    ref = np.stack([log_mel_for_spec(c, spec) for c in clips])
+    assert ours.shape == ref.shape == (3, spec.n_mels, spec.n_frames)
+    # float32 FFTs round differently: the bins within 80 dB of a clip's peak agree to
+    # 0.05 dB (bench/gpu_check.py's tolerance on a GPU), the quieter ones approach the floor
+    loud = ref > ref.max(axis=(1, 2), keepdims=True) - 80.0
+    assert np.abs(ours - ref)[loud].max() < 0.05
+    np.testing.assert_allclose(ours, ref, atol=1.0)
+    assert np.all(ours[2] == -100.0)  # silence is the floor, not -inf
