@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -107,15 +108,45 @@ def ray_version() -> str:
     return match.group(1)
 
 
+def pins() -> dict[str, str]:
+    lines = (REPO / "scripts" / "constraints.txt").read_text().splitlines()
+    found = [re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", line) for line in lines]
+    return {m.group(1).lower(): m.group(2) for m in found if m}
+
+
 def test_the_image_pins_what_the_constraints_pin() -> None:
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     for base in re.findall(r"rayproject/ray:(\S+)", dockerfile):
         assert base.startswith(ray_version() + "-py311"), base
-    assert "torch==2.13.0" in dockerfile and "-c scripts/constraints.txt" in dockerfile
+    assert "-c scripts/constraints.txt" in dockerfile
     assert f"{IMAGE}:{genreflow.__version__}-cpu" in dockerfile
     assert f"{IMAGE}:{genreflow.__version__}-gpu" in dockerfile
     for copied in re.findall(r"^COPY \S+ (\S+)/ ", dockerfile, re.M):
         assert (REPO / copied).is_dir(), copied
+
+
+def test_each_image_flavour_pins_torch_and_faiss_as_the_constraints_do() -> None:
+    """The CPU and GPU images install the constraints' torch (as the build for their
+    CUDA, or none) and one FAISS package of the constraints' FAISS release, named by an
+    extra of the package."""
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    pinned = pins()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert pinned["faiss-cpu"] == pinned["faiss-gpu"]  # one FAISS release on every image
+    for flavour, cuda in (("cpu", None), ("gpu", "cu128")):
+        image = re.search(rf"^ARG RAY_IMAGE_{flavour}=rayproject/ray:(\S+)$", dockerfile, re.M)
+        stage = re.search(rf"^FROM \S+ AS base-{flavour}\n(.*?)\n\n", dockerfile, re.M | re.S)
+        assert image and stage, flavour
+        env = dict(re.findall(r"(\w+)=(\S+)", stage.group(1)))
+        torch_version, _, build = env["TORCH_PIN"].removeprefix("torch==").partition("+")
+        assert torch_version == pinned["torch"]
+        assert build == (cuda or "cpu") and env["TORCH_INDEX"].endswith(f"/whl/{build}")
+        assert image.group(1).endswith(cuda or "cpu")  # torch's CUDA is the image's
+        (requirement,) = extras[env["FAISS_EXTRA"]]
+        package = re.split(r"[<>=!~ ]", requirement)[0]
+        assert package == f"faiss-{flavour}" and package in pinned
 
 
 @pytest.mark.parametrize(
