@@ -14,7 +14,7 @@ from genreflow import cli
 from genreflow import index as fidx
 from genreflow.analysis import AnalyzeConfig
 from genreflow.config import load_config
-from genreflow.errors import GenreflowError
+from genreflow.errors import ConfigError, GenreflowError
 from genreflow.pipelines import index as index_pipeline
 from genreflow.pipelines.analyze import run_analyze
 from genreflow.pipelines.index import read_neighbours, run_index
@@ -174,3 +174,54 @@ def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path)
     # 2 CPUs: an actor holding both would leave the Parquet reads no CPU, and wait forever
     with pytest.raises(GenreflowError, match="leaving less than the 1 CPU"):
         build(labels, tmp_path / "index", "cpus_per_actor=2", "neighbours_local_below=0")
+
+
+def test_the_build_task_writes_the_index_the_driver_would(labels: Path, tmp_path: Path) -> None:
+    """On a cluster with GPUs the build runs as a Ray task (holding them): shipped to a
+    worker, it writes the same index the job's own process writes."""
+    import faiss
+    import ray
+
+    files, version, _ = index_pipeline.label_files(str(labels), None)
+    config = fidx.IndexConfig(labels=str(labels), out=str(tmp_path / "out"), tune_queries=5)
+    request = {"files": files, "version": version, "out": config.out, "extra": {}, "config": config}
+    here = index_pipeline.build_version(**request, name="v-here")
+    task = ray.remote(num_cpus=1)(index_pipeline._build_in_task)
+    there = ray.get(task.remote({**request, "name": "v-there"}))
+    assert there["count"] == here["count"] == len(read_labels(str(labels), ["track_id"]))
+    assert there["version"] == "v-there" and there["built_on"] == "CPU"
+    indexes = [
+        faiss.read_index(str(tmp_path / "out" / v / fidx.INDEX_FILE)) for v in ("v-here", "v-there")
+    ]
+    assert (
+        faiss.serialize_index(indexes[0]).tobytes() == faiss.serialize_index(indexes[1]).tobytes()
+    )
+
+
+@pytest.mark.parametrize(
+    "address,device,gpus,expected",
+    [
+        (None, "auto", (4.0, None), 0),  # a local run builds in its own process
+        ("127.0.0.1:6379", "auto", (2.0, None), 3),  # a cluster with GPUs: a task on 3
+        ("127.0.0.1:6379", "auto", (0.0, 8.0), 3),  # a GPU group at zero: the task scales it
+        ("127.0.0.1:6379", "auto", (0.0, None), 0),  # a CPU cluster: the driver builds
+        ("127.0.0.1:6379", "cpu", (2.0, None), 0),
+        ("127.0.0.1:6379", "gpu", (0.0, None), "no GPU and its autoscaler can start none"),
+    ],
+)
+def test_where_the_index_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+    address: str | None,
+    device: str,
+    gpus: tuple[float, float | None],
+    expected: int | str,
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(index_pipeline, "init_ray", lambda *a, **k: None)  # already joined
+    monkeypatch.setattr(index_pipeline, "cluster_gpus", lambda: gpus)
+    config = fidx.IndexConfig(address=address, device=device, gpus=3)  # type: ignore[arg-type]
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            index_pipeline._build_task_gpus(config)
+    else:
+        assert index_pipeline._build_task_gpus(config) == expected
