@@ -1,8 +1,7 @@
-"""Training: the config, the metrics, and the loop each Ray Train worker runs.
-
-The loop touches Ray at four marked points only (RAY: ...): its dataset shard, model
-preparation (DDP), resuming from the latest checkpoint, and reporting metrics and
-checkpoints. Everything else is plain PyTorch and runs the same on one CPU or many GPUs.
+"""Training: the config, the metrics, one step, and :class:`TrainingRecipe`, the work of
+one training worker. Plain PyTorch, no Ray: the Ray Train worker loop
+(:func:`genreflow.pipelines.train.train_loop_per_worker`) drives the recipe, and runs
+the same on one CPU or many GPUs.
 """
 
 from __future__ import annotations
@@ -10,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import time
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -290,7 +287,7 @@ def prefetch_batches(config: TrainConfig, device: torch.device) -> int:
     return 1 if device.type == "cuda" else 0
 
 
-def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     out["tokens"] = out["tokens"].float()
     out["genre_idx"] = out["genre_idx"].long()
@@ -539,86 +536,6 @@ class TrainingRecipe:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The Ray Train worker function. ``loop_config`` carries the run's plain data."""
-    import ray.train
-    import ray.train.torch
-    from ray.data.collate_fn import NumpyBatchCollateFn
-
-    config = TrainConfig(**loop_config["config"])
-    # Batches of a split held in the object store arrive as read-only views; the step
-    # only reads them, so torch's warning about non-writable arrays is noise here.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    recipe = TrainingRecipe(
-        config,
-        TokenSpec.from_dict(loop_config["token_spec"]),
-        genres=loop_config["genres"],
-        moods=loop_config["moods"],
-        words=loop_config.get("lyrics_vocab"),
-        class_weights=loop_config.get("class_weights"),
-        device=device,
-    )
-    resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
-    if resumed is not None:
-        with resumed.as_directory() as folder:
-            recipe.restore(ckpt.load(folder))
-    # RAY: device placement and DDP (>1 worker)
-    recipe.prepare(
-        lambda model: ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs=recipe.ddp_options()
-        )
-    )
-    train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
-    val_shard = ray.train.get_dataset_shard("val")
-    prefetch = prefetch_batches(config, device)
-
-    class Collate(NumpyBatchCollateFn):  # RAY: the iterator's batch -> tensors hook
-        def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # Ray types it CollatedData
-            return tensor_batch(batch, float_tokens=device.type == "cpu")
-
-    def batches(shard: Any, *, shuffle_epoch: int | None = None) -> Iterator[dict[str, Tensor]]:
-        shuffle = shuffle_epoch is not None
-        for batch in shard.iter_torch_batches(
-            batch_size=config.batch_size,
-            local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
-            local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, rank) if shuffle else None,
-            pin_memory=device.type == "cuda",
-            device="cpu",
-            collate_fn=Collate(),
-            prefetch_batches=prefetch,
-        ):
-            yield _to_device(batch, device)
-
-    for epoch in range(recipe.start_epoch, config.epochs):
-        trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch))
-        val = recipe.evaluate(batches(val_shard))
-        metrics, stop = recipe.end_epoch(epoch, trained, val)
-        if rank == 0:
-            storage.write_json_atomic(
-                storage.join(config.out, "epochs", f"epoch-{epoch:04d}.json"),
-                {**metrics, "val_confusion_matrix": val.get("confusion_matrix")},
-            )
-            with tempfile.TemporaryDirectory() as folder:
-                ckpt.save(folder, recipe.state(epoch, metrics))
-                # RAY: report metrics with the checkpoint (rank 0 holds the full model)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)  # RAY: every worker reports each epoch
-        if (
-            config.crash_after_epoch is not None
-            and epoch == config.crash_after_epoch
-            and resumed is None
-            and rank == 0
-        ):
-            ray.train.get_all_reported_checkpoints()  # RAY: wait until the checkpoint is registered
-            os._exit(1)  # testing aid: die like a preempted node, once, after checkpointing
-        if stop:
-            break
 
 
 def epoch_seed(seed: int, epoch: int | None, rank: int) -> int:

@@ -9,9 +9,6 @@ on a bad config or labels that hold fewer than two genres.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from genreflow.analysis import AnalyzeConfig
 from genreflow.jobscript import run_job

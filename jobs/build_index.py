@@ -10,9 +10,6 @@ success, 2 on a bad config, missing labels or an unreachable cluster.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from genreflow.index import IndexConfig
 from genreflow.jobscript import run_job

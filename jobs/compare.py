@@ -11,9 +11,6 @@ failed (its row says why), 2 on a bad config or dataset.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from genreflow.jobscript import run_job
 from genreflow.pipelines.compare import CompareConfig, run_compare

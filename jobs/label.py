@@ -10,9 +10,6 @@ writing what succeeded), 2 on a bad config, checkpoint or catalog.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from genreflow.jobscript import run_job
 from genreflow.label import LabelConfig

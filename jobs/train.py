@@ -9,9 +9,6 @@ Exits 0 on success, 2 on a bad config or dataset (before any worker starts).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from genreflow.jobscript import run_job
 from genreflow.pipelines.train import run_train

@@ -17,8 +17,10 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+from torch import Tensor
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
@@ -49,11 +53,15 @@ from genreflow.train import (
     LYRICS_COLUMN,
     TENSOR_COLUMNS,
     TrainConfig,
+    TrainingRecipe,
     balanced_class_weights,
     build_for_training,
+    epoch_seed,
     evaluate,
     predict,
-    train_loop_per_worker,
+    prefetch_batches,
+    tensor_batch,
+    to_device,
 )
 
 log = logging.getLogger(__name__)
@@ -658,3 +666,86 @@ def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function: the training recipe with Ray at its marked points
+    (RAY: ...): its dataset shard, model preparation (DDP), resuming from the latest
+    checkpoint, and reporting metrics and checkpoints. ``loop_config`` carries the
+    run's plain data."""
+    import ray.train
+    import ray.train.torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    config = TrainConfig(**loop_config["config"])
+    # Batches of a split held in the object store arrive as read-only views; the step
+    # only reads them, so torch's warning about non-writable arrays is noise here.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    recipe = TrainingRecipe(
+        config,
+        TokenSpec.from_dict(loop_config["token_spec"]),
+        genres=loop_config["genres"],
+        moods=loop_config["moods"],
+        words=loop_config.get("lyrics_vocab"),
+        class_weights=loop_config.get("class_weights"),
+        device=device,
+    )
+    resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            recipe.restore(ckpt.load(folder))
+    # RAY: device placement and DDP (>1 worker)
+    recipe.prepare(
+        lambda model: ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs=recipe.ddp_options()
+        )
+    )
+    train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
+    val_shard = ray.train.get_dataset_shard("val")
+    prefetch = prefetch_batches(config, device)
+
+    class Collate(NumpyBatchCollateFn):  # RAY: the iterator's batch -> tensors hook
+        def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # Ray types it CollatedData
+            return tensor_batch(batch, float_tokens=device.type == "cpu")
+
+    def batches(shard: Any, *, shuffle_epoch: int | None = None) -> Iterator[dict[str, Tensor]]:
+        shuffle = shuffle_epoch is not None
+        for batch in shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, rank) if shuffle else None,
+            pin_memory=device.type == "cuda",
+            device="cpu",
+            collate_fn=Collate(),
+            prefetch_batches=prefetch,
+        ):
+            yield to_device(batch, device)
+
+    for epoch in range(recipe.start_epoch, config.epochs):
+        trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch))
+        val = recipe.evaluate(batches(val_shard))
+        metrics, stop = recipe.end_epoch(epoch, trained, val)
+        if rank == 0:
+            storage.write_json_atomic(
+                storage.join(config.out, "epochs", f"epoch-{epoch:04d}.json"),
+                {**metrics, "val_confusion_matrix": val.get("confusion_matrix")},
+            )
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt.save(folder, recipe.state(epoch, metrics))
+                # RAY: report metrics with the checkpoint (rank 0 holds the full model)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)  # RAY: every worker reports each epoch
+        if (
+            config.crash_after_epoch is not None
+            and epoch == config.crash_after_epoch
+            and resumed is None
+            and rank == 0
+        ):
+            ray.train.get_all_reported_checkpoints()  # RAY: wait until the checkpoint is registered
+            os._exit(1)  # testing aid: die like a preempted node, once, after checkpointing
+        if stop:
+            break
