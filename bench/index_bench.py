@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss
 
 from genreflow import index as fidx
+from genreflow.formats import index as findex
 from genreflow.pipelines.index import NeighbourSearcher, _neighbours_table
 from genreflow.runtime import init_ray
 
@@ -121,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(Path(tmp) / "v-bench")
         info = fidx.manifest(built, version="v-bench", extra={"model_version": "bench"})
-        fidx.write_version(built, folder, info)
+        findex.write_version(built.index, built.track_ids, built.genres, folder, info)
         del built
         t0 = time.perf_counter()
         searcher = NeighbourSearcher(folder, k=10)

@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genreflow.audio import load_audio, resample, to_mono
 from genreflow.config import load_config
+from genreflow.decode import tokenize_track
 from genreflow.demo_catalog import STYLES, synth_track
 from genreflow.features import log_mel_for_spec
-from genreflow.ingest import IngestConfig, ingest_shard, tokenize_track
+from genreflow.ingest import IngestConfig, ingest_shard
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.runtime import local_ray_options
 from genreflow.tokens import TokenSpec, cut_tokens

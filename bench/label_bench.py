@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.ingest_bench import PeakRss
 from genreflow import storage
 from genreflow.config import load_config
+from genreflow.formats.dataset import tokens_numpy
 from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.label import run_label
 from genreflow.runtime import local_ray_options
-from genreflow.schema import tokens_numpy
 
 WORK = Path(__file__).resolve().parent / "_work" / "train"
 

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genreflow.config import load_config
 from genreflow.demo_catalog import make_demo_catalog
-from genreflow.ingest import IngestConfig, mood_index
+from genreflow.formats.dataset import mood_index, tokens_numpy
+from genreflow.ingest import IngestConfig
 from genreflow.models import build_model
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.train import run_train
 from genreflow.runtime import init_ray
-from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec
 from genreflow.train import TrainConfig, batch_loss
 

@@ -14,34 +14,36 @@ rerun reads which tracks are done, does the rest, and never duplicates a row.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from genreflow import __version__, storage
-from genreflow.audio import load_clip
 from genreflow.catalog import Catalog
 from genreflow.config import path_field
-from genreflow.errors import AudioError, ConfigError, SpecMismatchError
-from genreflow.features import log_mel_for_spec
-from genreflow.schema import ERRORS_SCHEMA, SHARD_META_FIELDS, tokens_array, tokens_type
-from genreflow.tokens import TokenSpec, check_same_spec, cut_tokens
+from genreflow.decode import decode_tokens, error_row, error_table
+from genreflow.errors import ConfigError, SpecMismatchError
+from genreflow.formats.dataset import (
+    DATASET_FILE,
+    DATASET_FORMAT,
+    MOOD_CLASSES,
+    SHARD_META_FIELDS,
+    STATE_FILE,
+    mood_index,
+    shard_name,
+    tokens_array,
+    tokens_type,
+)
+from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
 
-DATASET_FORMAT = "genreflow.dataset/1"
-MOOD_CLASSES = ("sad", "neutral", "happy")
-STATE_FILE = "_ingest.json"
-DATASET_FILE = "_dataset.json"
 SUMMARY_COLUMNS = ["track_id", "status", "kind", "shard", "seconds"]
 
 
@@ -79,44 +81,6 @@ class IngestConfig:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 
 
-def mood_index(valence: float) -> int:
-    """Valence -> mood class (paper 001): sad < 0.3 <= neutral < 0.6 <= happy; -1 unknown."""
-    if valence is None or not np.isfinite(valence):
-        return -1
-    return 0 if valence < 0.3 else (1 if valence < 0.6 else 2)
-
-
-def tokenize_track(
-    uri: str, spec: TokenSpec, *, min_duration_s: float = 0.0, allow_silent: bool = False
-) -> tuple[np.ndarray, float]:
-    """Decode one file into tokens.
-
-    Returns:
-        ``(tokens [n_tokens, n_mels, token_frames] float16, duration_s)``.
-
-    Raises:
-        AudioError: the file cannot be used (see :func:`genreflow.audio.load_clip`).
-    """
-    clip = load_clip(
-        uri,
-        sample_rate=spec.sample_rate,
-        clip_s=spec.clip_s,
-        min_duration_s=min_duration_s,
-        allow_silent=allow_silent,
-    )
-    mel = log_mel_for_spec(clip.samples, spec)  # [n_mels, n_frames]
-    return cut_tokens(mel, spec).astype(np.float16), clip.duration_s
-
-
-def shard_name(track_ids: Iterable[str]) -> str:
-    digest = hashlib.sha1("\n".join(sorted(track_ids)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
-
-
-def error_table(rows: list[dict[str, str]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
-
-
 def ingest_shard(
     rows: pd.DataFrame,
     *,
@@ -137,67 +101,50 @@ def ingest_shard(
     """
     token_spec = TokenSpec.from_dict(spec)
     genre_index = {g: i for i, g in enumerate(vocabulary)}
-    name = shard_name(rows["track_id"].astype(str))
+    track_ids = rows["track_id"].astype(str).tolist()
+    uris = rows["uri"].astype(str).tolist()
+    name = shard_name(track_ids)
+    decoded = decode_tokens(
+        track_ids, uris, token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
+    )
+    records = rows.to_dict("records")
     ok: list[dict[str, Any]] = []
-    tokens: list[np.ndarray] = []
-    errors: list[dict[str, str]] = []
-    summary: list[dict[str, Any]] = []
-    for row in rows.itertuples(index=False):
-        start = time.perf_counter()
-        track_id, uri = str(row.track_id), str(row.uri)
-        try:
-            toks, duration_s = tokenize_track(
-                uri, token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
-            )
-        except AudioError as exc:
-            errors.append(_error_row(track_id, uri, "decode", exc.kind, str(exc)))
-            summary.append(_summary(track_id, "error", exc.kind, "", start))
-            continue
-        except Exception as exc:  # one bad track must never take the shard down
-            log.exception("unexpected failure on track %s", track_id)
-            message = f"{type(exc).__name__}: {exc}"
-            errors.append(_error_row(track_id, uri, "tokenize", "internal", message))
-            summary.append(_summary(track_id, "error", "internal", "", start))
-            continue
-        genre = _optional_str(row.genre)
+    for position, duration_s in zip(decoded.index, decoded.durations, strict=True):
+        row = records[position]
+        genre = _optional_str(row.get("genre"))
         ok.append(
             {
-                "track_id": track_id,
-                "split": _optional_str(row.split),
+                "track_id": track_ids[position],
+                "split": _optional_str(row.get("split")),
                 "genre": genre,
                 "genre_idx": genre_index.get(genre, -1) if genre is not None else -1,
-                "artist_id": _optional_str(row.artist_id),
-                "valence": _optional_float(row.valence),
-                "lyrics": _optional_str(row.lyrics),
-                "uri": uri,
-                "duration_s": duration_s,
+                "artist_id": _optional_str(row.get("artist_id")),
+                "valence": _optional_float(row.get("valence")),
+                "lyrics": _optional_str(row.get("lyrics")),
+                "uri": uris[position],
+                "duration_s": float(duration_s),
             }
         )
-        tokens.append(toks)
-        summary.append(_summary(track_id, "ok", "", f"shards/{name}", start))
+    summary = [
+        {
+            "track_id": track_id,
+            "status": "error" if i in decoded.failed else "ok",
+            "kind": decoded.failed.get(i, ""),
+            "shard": "" if i in decoded.failed else f"shards/{name}",
+            "seconds": seconds,
+        }
+        for i, (track_id, seconds) in enumerate(zip(track_ids, decoded.seconds, strict=True))
+    ]
+    errors = decoded.errors
     if ok:
         table = pa.Table.from_pylist(ok, schema=pa.schema(SHARD_META_FIELDS))
         table = table.append_column(
-            pa.field("tokens", tokens_type(token_spec)), tokens_array(np.stack(tokens), token_spec)
+            pa.field("tokens", tokens_type(token_spec)), tokens_array(decoded.tokens, token_spec)
         )
         storage.write_parquet_atomic(table, storage.join(out, "shards", name))
     if errors:
         storage.write_parquet_atomic(error_table(errors), storage.join(out, "errors", name))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
-
-
-def _summary(track_id: str, status: str, kind: str, shard: str, start: float) -> dict[str, Any]:
-    return {
-        "track_id": track_id,
-        "status": status,
-        "kind": kind,
-        "shard": shard,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def _error_row(track_id: str, uri: str, stage: str, kind: str, error: str) -> dict[str, str]:
-    return {"track_id": track_id, "uri": uri, "stage": stage, "kind": kind, "error": error}
 
 
 def _optional_str(value: Any) -> str | None:
@@ -287,7 +234,7 @@ def write_catalog_problems(out: str, catalog: Catalog, already: set[str]) -> int
     if fresh.empty:
         return 0
     rows = [
-        _error_row(r.track_id, r.uri, "catalog", _problem_kind(r.error), r.error)
+        error_row(r.track_id, r.uri, "catalog", _problem_kind(r.error), r.error)
         for r in fresh.itertuples(index=False)
     ]
     name = "catalog-" + shard_name(f"{r['track_id']}|{r['uri']}|{r['error']}" for r in rows)
@@ -355,22 +302,6 @@ def finalize(
         **extra,
     }
     storage.write_json_atomic(storage.join(out, DATASET_FILE), manifest)
-    return manifest
-
-
-def read_dataset_manifest(data: str) -> dict[str, Any]:
-    """The ``_dataset.json`` of a finished ingest output.
-
-    Raises:
-        ConfigError: the folder is missing or its ingest never finished.
-    """
-    uri = storage.join(data, DATASET_FILE)
-    if not storage.exists(uri):
-        raise ConfigError(
-            f"{data!r} is not a finished genreflow dataset (no {DATASET_FILE}); run "
-            "`genreflow ingest` into it first, or let an interrupted ingest finish"
-        )
-    manifest: dict[str, Any] = storage.read_json(uri)
     return manifest
 
 

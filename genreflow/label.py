@@ -24,8 +24,10 @@ import torch
 from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.config import path_field
-from genreflow.errors import AudioError, ConfigError
-from genreflow.ingest import error_table, shard_name, tokenize_track
+from genreflow.decode import decode_tokens, error_table
+from genreflow.errors import ConfigError
+from genreflow.formats.dataset import shard_name
+from genreflow.formats.labels import LABELS_SCHEMA
 from genreflow.models.base import inference_model
 from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
@@ -148,31 +150,6 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
     if config.gpu_share > 0:
         return 2 * actors
     return max(1, actors // 2)
-
-
-LABELS_SCHEMA_FIELDS = [
-    pa.field("track_id", pa.string()),
-    pa.field("genre", pa.string()),
-    pa.field("genre_prob", pa.float32()),
-    pa.field("genre_topk", pa.list_(pa.struct([("genre", pa.string()), ("prob", pa.float32())]))),
-    pa.field("mood", pa.string()),
-    pa.field("mood_probs", pa.list_(pa.struct([("mood", pa.string()), ("prob", pa.float32())]))),
-    pa.field("token_weights", pa.list_(pa.float32())),
-    pa.field(
-        "signature_moments",
-        pa.list_(
-            pa.struct(
-                [("start_s", pa.float32()), ("end_s", pa.float32()), ("weight", pa.float32())]
-            )
-        ),
-    ),
-    pa.field("embedding", pa.list_(pa.float32())),
-    pa.field("true_genre", pa.string()),  # the catalog's genre where it has one
-    pa.field("split", pa.string()),  # the track's split (train/val/test) where known
-    pa.field("model_version", pa.string()),
-    pa.field("labelled_at", pa.timestamp("s", tz="UTC")),
-]
-LABELS_SCHEMA = pa.schema(LABELS_SCHEMA_FIELDS)
 
 
 def signature_moments(
@@ -331,40 +308,29 @@ def decode_for_label(
     duration_s, lyrics, genre``.
     """
     token_spec = TokenSpec.from_dict(spec)
-    ids, tokens, durations, lyrics, genres, splits, errors = [], [], [], [], [], [], []
-    for row in rows.itertuples(index=False):
-        try:
-            toks, duration = tokenize_track(
-                str(row.uri), token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
-            )
-        except AudioError as exc:
-            errors.append(
-                {
-                    "track_id": str(row.track_id),
-                    "uri": str(row.uri),
-                    "stage": "decode",
-                    "kind": exc.kind,
-                    "error": str(exc),
-                }
-            )
-            continue
-        ids.append(str(row.track_id))
-        tokens.append(toks)
-        durations.append(duration)
-        lyrics.append(row.lyrics if isinstance(row.lyrics, str) else None)
-        genres.append(row.genre if isinstance(row.genre, str) else None)
-        split = getattr(row, "split", None)
-        splits.append(split if isinstance(split, str) else None)
+    track_ids = rows["track_id"].astype(str).tolist()
+    decoded = decode_tokens(
+        track_ids,
+        rows["uri"].astype(str).tolist(),
+        token_spec,
+        min_duration_s=min_duration_s,
+        allow_silent=allow_silent,
+    )
+    errors = decoded.errors
+    kept = rows.iloc[decoded.index]
+
+    def text(column: str) -> np.ndarray:
+        values = kept[column] if column in kept else [None] * len(kept)
+        return np.array([v if isinstance(v, str) else None for v in values], dtype=object)
+
     if errors:
         name = shard_name(rows["track_id"].astype(str))
         storage.write_parquet_atomic(error_table(errors), storage.join(errors_dir, name))
     return {
-        "track_id": np.array(ids, dtype=object),
-        "tokens": np.stack(tokens)
-        if tokens
-        else np.zeros((0, *token_spec.token_shape), np.float16),
-        "duration_s": np.array(durations, dtype=np.float32),
-        "lyrics": np.array(lyrics, dtype=object),
-        "genre": np.array(genres, dtype=object),
-        "split": np.array(splits, dtype=object),
+        "track_id": np.array([track_ids[i] for i in decoded.index], dtype=object),
+        "tokens": decoded.tokens,
+        "duration_s": decoded.durations,
+        "lyrics": text("lyrics"),
+        "genre": text("genre"),
+        "split": text("split"),
     }

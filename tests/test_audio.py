@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 
 from genreflow.audio import load_audio, load_clip, to_mono
+from genreflow.decode import tokenize_track
 from genreflow.errors import AudioError
-from genreflow.ingest import tokenize_track
 from genreflow.tokens import TokenSpec
 from tests.audio_fixtures import tone, write_audio, write_tone
 

@@ -12,6 +12,7 @@ import pytest
 
 from genreflow import index as fidx
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
+from genreflow.formats import index as findex
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -41,10 +42,10 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int, own: np.ndarra
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def loaded(built: fidx.BuiltIndex, folder: Path) -> fidx.LoadedIndex:
+def loaded(built: fidx.BuiltIndex, folder: Path) -> findex.LoadedIndex:
     info = fidx.manifest(built, version=folder.name, extra={"model_version": "m1"})
-    fidx.write_version(built, str(folder), info)
-    return fidx.load_version(str(folder))
+    findex.write_version(built.index, built.track_ids, built.genres, str(folder), info)
+    return findex.load_version(str(folder))
 
 
 def test_exact_index_equals_brute_force_search(tmp_path: Path) -> None:
@@ -274,7 +275,7 @@ def test_search_errors_name_what_is_wrong(tmp_path: Path) -> None:
         index.recommend("nope", 3)
     with pytest.raises(ShapeError, match=r"\(1, 5\).*dimension 8"):
         index.search(np.ones((1, 5), np.float32), 3)
-    empty = fidx.LoadedIndex(
+    empty = findex.LoadedIndex(
         index=faiss.IndexFlatIP(8),
         track_ids=np.zeros(0, dtype=object),
         genres=np.zeros(0, dtype=object),
@@ -284,7 +285,7 @@ def test_search_errors_name_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(GenreflowError, match="empty"):
         empty.search(np.ones((1, 8), np.float32), 3)
     with pytest.raises(GenreflowError, match="no index in"):
-        fidx.open_index(str(tmp_path / "missing"))
+        findex.open_index(str(tmp_path / "missing"))
     # asking for more neighbours than there are tracks pads with -1
     scores, found = index.search(x[:1], 60)
     assert np.isneginf(scores[0, 40:]).all()
@@ -299,20 +300,26 @@ def test_publishing_is_atomic_and_keeps_recent_versions(tmp_path: Path) -> None:
         built = fidx.build_index(blocks_of(x[: 20 + 10 * i], 16), config=fidx.IndexConfig())
         name = f"v-2026010{i}T000000-abc"
         info = fidx.manifest(built, version=name, extra={"model_version": "m"})
-        fidx.write_version(built, str(out / name), info)
-        fidx.publish(str(out), name, info, keep=2)
+        findex.write_version(built.index, built.track_ids, built.genres, str(out / name), info)
+        findex.publish(str(out), name, info, keep=2)
         names.append(name)
-        assert fidx.open_index(str(out)).count == 20 + 10 * i
-    assert fidx.list_versions(str(out)) == names[1:]
+        assert findex.open_index(str(out)).count == 20 + 10 * i
+    assert findex.list_versions(str(out)) == names[1:]
     # a build interrupted after writing its files but before publishing: readers still
     # get the published index; the next publish removes the orphan
     built = fidx.build_index(blocks_of(x, 16), config=fidx.IndexConfig())
     orphan = "v-20260109T000000-dead"
-    fidx.write_version(built, str(out / orphan), fidx.manifest(built, version=orphan, extra={}))
-    assert fidx.open_index(str(out)).info["version"] == names[-1]
+    findex.write_version(
+        built.index,
+        built.track_ids,
+        built.genres,
+        str(out / orphan),
+        fidx.manifest(built, version=orphan, extra={}),
+    )
+    assert findex.open_index(str(out)).info["version"] == names[-1]
     name = "v-20260110T000000-abc"
     info = fidx.manifest(built, version=name, extra={})
-    fidx.write_version(built, str(out / name), info)
-    fidx.publish(str(out), name, info, keep=2)
-    assert fidx.list_versions(str(out)) == [names[-1], name]
-    assert fidx.open_index(str(out)).count == 50
+    findex.write_version(built.index, built.track_ids, built.genres, str(out / name), info)
+    findex.publish(str(out), name, info, keep=2)
+    assert findex.list_versions(str(out)) == [names[-1], name]
+    assert findex.open_index(str(out)).count == 50

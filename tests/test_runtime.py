@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray.data
 
+from genreflow.formats.dataset import tokens_numpy
 from genreflow.runtime import data_memory_limit, group_files, read_parquet_files
-from genreflow.schema import tokens_numpy
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -11,7 +11,7 @@ import pytest
 
 from genreflow import storage
 from genreflow.errors import StorageError
-from genreflow.schema import shard_schema, tokens_array, tokens_numpy
+from genreflow.formats.dataset import shard_schema, tokens_array, tokens_numpy
 from genreflow.tokens import TokenSpec
 
 

@@ -18,8 +18,8 @@ from genreflow import analysis, storage
 from genreflow.analysis import AnalyzeConfig
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
+from genreflow.formats.labels import label_files
 from genreflow.index import Reservoir
-from genreflow.pipelines.index import label_files
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from genreflow import index as fidx
 from genreflow import storage
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
-from genreflow.pipelines.label import RUN_FILE, complete_partitions
+from genreflow.formats import index as findex
+from genreflow.formats.index import NEIGHBOURS_SCHEMA
+from genreflow.formats.labels import label_files
 from genreflow.runtime import (
     check_actor_fit,
     cluster_gpus,
@@ -28,16 +30,6 @@ from genreflow.runtime import (
 )
 
 log = logging.getLogger(__name__)
-
-NEIGHBOURS_SCHEMA = pa.schema(
-    [
-        pa.field("track_id", pa.string()),
-        pa.field(
-            "neighbours",
-            pa.list_(pa.struct([("track_id", pa.string()), ("score", pa.float32())])),
-        ),
-    ]
-)
 
 
 @dataclass
@@ -60,34 +52,6 @@ class IndexResult:
         if self.neighbour_rows:
             text += f"; neighbours table: {self.neighbour_rows} rows"
         return text + f"; {self.seconds:.1f} s."
-
-
-def label_files(labels: str, version: str | None) -> tuple[list[str], str, str | None]:
-    """The label Parquet files to index, the model version and its checkpoint.
-
-    ``version`` None takes the newest finished partition's model version.
-
-    Raises:
-        GenreflowError: no finished partitions, or none of that version.
-    """
-    parts = complete_partitions(labels)
-    if not parts:
-        raise GenreflowError(f"no finished label runs in {labels!r}: run `genreflow label` first")
-    records = [storage.read_json(storage.join(p, RUN_FILE)) for p in parts]
-    if version is None:
-        version = str(records[-1]["model_version"])
-    chosen = [p for p, r in zip(parts, records, strict=True) if r["model_version"] == version]
-    if not chosen:
-        known = sorted({str(r["model_version"]) for r in records})
-        raise GenreflowError(
-            f"no label runs of model_version {version!r} in {labels!r}; it holds {known}"
-        )
-    checkpoint = next(
-        (str(r["checkpoint"]) for p, r in zip(parts, records, strict=True) if p in chosen[-1:]),
-        None,
-    )
-    files = [f for p in chosen for f in storage.list_files(p, suffix=".parquet")]
-    return files, version, checkpoint
 
 
 def embedding_blocks(files: list[str], *, version: str, batch_size: int) -> Iterator[fidx.Block]:
@@ -140,7 +104,7 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
     task_gpus = _build_task_gpus(config)
     files, version, checkpoint = label_files(config.labels, config.model_version)
     mark_started()
-    name = fidx.new_version()
+    name = findex.new_version()
     folder = storage.join(config.out, name)
     extra = {
         "model_version": version,
@@ -168,7 +132,7 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
         rows = _neighbours_in_process(files, version=version, folder=folder, config=config)
     elif config.neighbours:
         rows = _neighbours_table(files, version=version, folder=folder, config=config)
-    fidx.publish(config.out, name, info, keep=config.keep_versions)
+    findex.publish(config.out, name, info, keep=config.keep_versions)
     return IndexResult(
         out=config.out,
         folder=folder,
@@ -230,7 +194,7 @@ def build_version(
 
     built = fidx.build_index(blocks, config=config, gpus=gpus)
     info = fidx.manifest(built, version=name, extra=extra)
-    fidx.write_version(built, storage.join(out, name), info)
+    findex.write_version(built.index, built.track_ids, built.genres, storage.join(out, name), info)
     return info
 
 
@@ -248,7 +212,7 @@ class NeighbourSearcher:
     """Loads an index version once per actor; maps embedding batches to neighbour rows."""
 
     def __init__(self, folder: str, *, k: int) -> None:
-        self.loaded = fidx.load_version(folder)
+        self.loaded = findex.load_version(folder)
         self.k = k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -286,7 +250,7 @@ def _neighbours_in_process(
     same searcher and rows as the actor pool's, without starting Ray for seconds of
     work. One file per block, each written whole."""
     searcher = NeighbourSearcher(folder, k=config.neighbours)
-    out = storage.join(folder, fidx.NEIGHBOURS_DIR)
+    out = storage.join(folder, findex.NEIGHBOURS_DIR)
     rows = 0
     blocks = embedding_blocks(files, version=version, batch_size=config.batch_size)
     for i, block in enumerate(blocks):
@@ -313,7 +277,7 @@ def _neighbours_table(
         .filter(expr=col("model_version") == version)
         .select_columns(["track_id", "embedding"])
     )
-    out = storage.join(folder, fidx.NEIGHBOURS_DIR)
+    out = storage.join(folder, findex.NEIGHBOURS_DIR)
     out_fs, out_path = storage.resolve(out)
     ds.map_batches(
         NeighbourSearcher,
@@ -327,15 +291,6 @@ def _neighbours_table(
     return sum(t.num_rows for t in storage.read_parquet_columns(written, ["track_id"]))
 
 
-def read_neighbours(out: str) -> pa.Table:
-    """The published neighbours table (small outputs and tests)."""
-    loaded_info = storage.read_json(storage.join(out, fidx.MANIFEST_FILE))
-    folder = storage.join(out, loaded_info["version"], fidx.NEIGHBOURS_DIR)
-    files = storage.list_files(folder, suffix=".parquet")
-    tables = [pq.read_table(storage.resolve(f)[1], filesystem=storage.resolve(f)[0]) for f in files]
-    return pa.concat_tables(tables) if tables else NEIGHBOURS_SCHEMA.empty_table()
-
-
 def embed_audio(uri: str, checkpoint: str, *, expected_version: str | None) -> np.ndarray:
     """The L2-normalised signature ``[dim]`` of one audio file, by ``checkpoint``.
 
@@ -343,7 +298,7 @@ def embed_audio(uri: str, checkpoint: str, *, expected_version: str | None) -> n
         AudioError: the file cannot be used; GenreflowError: the checkpoint is not the
         model the index was built from.
     """
-    from genreflow.ingest import tokenize_track
+    from genreflow.decode import decode_one
     from genreflow.label import Labeller
 
     labeller = Labeller(checkpoint, top_k=1, moments=1, device="cpu")
@@ -352,7 +307,7 @@ def embed_audio(uri: str, checkpoint: str, *, expected_version: str | None) -> n
             f"checkpoint {checkpoint!r} is model {labeller.loaded.version}, the index holds "
             f"signatures of model {expected_version}: their embeddings are not comparable"
         )
-    tokens, duration = tokenize_track(uri, labeller.loaded.spec)
+    tokens, duration = decode_one(uri, labeller.loaded.spec)
     table = labeller(
         {
             "track_id": np.array(["query"], dtype=object),

@@ -23,16 +23,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
-from genreflow.ingest import DATASET_FILE, read_dataset_manifest, write_catalog_problems
+from genreflow.formats.dataset import DATASET_FILE, read_dataset_manifest
+from genreflow.formats.labels import (
+    LABEL_FILE_ROWS,
+    RUN_FILE,
+    complete_partitions,
+    labelled_by,
+    partitions,
+)
+from genreflow.ingest import write_catalog_problems
 from genreflow.label import (
     LabelConfig,
     Labeller,
@@ -52,7 +58,6 @@ from genreflow.runtime import (
 from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
-RUN_FILE = "_run.json"
 
 
 @dataclass
@@ -85,39 +90,10 @@ class LabelResult:
         return text
 
 
-def complete_partitions(out: str) -> list[str]:
-    """Partitions of ``out`` that finished (hold a run record), oldest first."""
-    return [p for p in _partitions(out) if storage.exists(storage.join(p, RUN_FILE))]
-
-
-def _partitions(out: str) -> list[str]:
-    fs, path = storage.resolve(out)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    names = sorted(
-        i.base_name
-        for i in infos
-        if i.type == pafs.FileType.Directory and i.base_name.startswith("run-")
-    )
-    return [storage.join(out, n) for n in names]
-
-
-def _labelled_by(partitions: list[str], version: str) -> set[str]:
-    done: set[str] = set()
-    for part in partitions:
-        files = storage.list_files(part, suffix=".parquet")
-        for table in storage.read_parquet_columns(files, ["track_id", "model_version"]):
-            frame = table.to_pandas()
-            done.update(frame.loc[frame["model_version"] == version, "track_id"])
-    return done
-
-
 def _delete_tree(uri: str) -> None:
     fs, path = storage.resolve(uri)
     with contextlib.suppress(FileNotFoundError):
         fs.delete_dir(path)
-
-
-LABEL_FILE_ROWS = 4096
 
 
 def decode_task_memory(spec: TokenSpec, tracks: int) -> int:
@@ -155,12 +131,12 @@ def run_label(config: LabelConfig) -> LabelResult:
             require_genre=False,
             audio_root=config.audio_root,
         )
-    for stale in _partitions(config.out):
+    for stale in partitions(config.out):
         if not storage.exists(storage.join(stale, RUN_FILE)):
             log.warning("removing %s: an interrupted run left it without %s", stale, RUN_FILE)
             _delete_tree(stale)
     earlier = complete_partitions(config.out)
-    done = _labelled_by(earlier, version) if config.incremental else set()
+    done = labelled_by(earlier, version) if config.incremental else set()
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     partition = storage.join(config.out, run_id)
 
@@ -321,16 +297,3 @@ def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:
     ):
         rows.extend(table.slice(0, n).to_pylist())
     return rows[:n]
-
-
-def read_labels(out: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every finished partition's rows (small outputs and tests; stages stream instead)."""
-    frames = []
-    for part in complete_partitions(out):
-        files = storage.list_files(part, suffix=".parquet")
-        frames += (
-            [t.to_pandas() for t in storage.read_parquet_columns(files, columns or [])]
-            if columns
-            else [pd.read_parquet(f) for f in files]
-        )
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

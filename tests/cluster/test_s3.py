@@ -26,12 +26,14 @@ from genreflow import storage
 from genreflow.config import load_config
 from genreflow.demo_catalog import make_demo_catalog
 from genreflow.errors import GenreflowError
-from genreflow.index import IndexConfig, open_index
+from genreflow.formats.index import open_index
+from genreflow.formats.labels import read_labels
+from genreflow.index import IndexConfig
 from genreflow.ingest import IngestConfig
 from genreflow.label import LabelConfig
 from genreflow.pipelines.index import run_index
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.pipelines.label import read_labels, run_label
+from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
 from tests.conftest import free_port, start_session_ray

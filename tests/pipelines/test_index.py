@@ -15,10 +15,12 @@ from genreflow import index as fidx
 from genreflow.analysis import AnalyzeConfig
 from genreflow.config import load_config
 from genreflow.errors import ConfigError, GenreflowError
+from genreflow.formats import index as findex
+from genreflow.formats.index import read_neighbours
+from genreflow.formats.labels import label_files, read_labels
 from genreflow.pipelines import index as index_pipeline
 from genreflow.pipelines.analyze import run_analyze
-from genreflow.pipelines.index import read_neighbours, run_index
-from genreflow.pipelines.label import read_labels
+from genreflow.pipelines.index import run_index
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -71,7 +73,7 @@ def test_index_and_neighbours_table_equal_exact_search(
         scores = [n["score"] for n in row["neighbours"]]
         assert scores == sorted(scores, reverse=True)
 
-    loaded = fidx.open_index(str(tmp_path / "index"))
+    loaded = findex.open_index(str(tmp_path / "index"))
     track = str(frame["track_id"][0])
     assert [r["track_id"] for r in loaded.recommend(track, 4)] == expected[track]
 
@@ -114,7 +116,7 @@ def test_an_interrupted_build_leaves_the_previous_index_readable(
     labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = build(labels, tmp_path / "index", "neighbours=0")
-    before = fidx.open_index(str(tmp_path / "index"))
+    before = findex.open_index(str(tmp_path / "index"))
 
     def crash(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt("killed while computing neighbours")
@@ -123,13 +125,13 @@ def test_an_interrupted_build_leaves_the_previous_index_readable(
     monkeypatch.setattr(index_pipeline, "_neighbours_in_process", crash)
     with pytest.raises(KeyboardInterrupt):
         build(labels, tmp_path / "index")
-    assert len(fidx.list_versions(str(tmp_path / "index"))) == 2  # the new one, unpublished
-    after = fidx.open_index(str(tmp_path / "index"))
+    assert len(findex.list_versions(str(tmp_path / "index"))) == 2  # the new one, unpublished
+    after = findex.open_index(str(tmp_path / "index"))
     assert after.info["version"] == first.info["version"] == before.info["version"]
     assert list(after.track_ids) == list(before.track_ids)
     monkeypatch.undo()
     again = build(labels, tmp_path / "index", "keep_versions=1")
-    assert fidx.list_versions(str(tmp_path / "index")) == [again.info["version"]]
+    assert findex.list_versions(str(tmp_path / "index")) == [again.info["version"]]
 
 
 def test_index_bad_input(labels: Path, tmp_path: Path) -> None:
@@ -182,7 +184,7 @@ def test_the_build_task_writes_the_index_the_driver_would(labels: Path, tmp_path
     import faiss
     import ray
 
-    files, version, _ = index_pipeline.label_files(str(labels), None)
+    files, version, _ = label_files(str(labels), None)
     config = fidx.IndexConfig(labels=str(labels), out=str(tmp_path / "out"), tune_queries=5)
     request = {"files": files, "version": version, "out": config.out, "extra": {}, "config": config}
     here = index_pipeline.build_version(**request, name="v-here")
@@ -191,7 +193,8 @@ def test_the_build_task_writes_the_index_the_driver_would(labels: Path, tmp_path
     assert there["count"] == here["count"] == len(read_labels(str(labels), ["track_id"]))
     assert there["version"] == "v-there" and there["built_on"] == "CPU"
     indexes = [
-        faiss.read_index(str(tmp_path / "out" / v / fidx.INDEX_FILE)) for v in ("v-here", "v-there")
+        faiss.read_index(str(tmp_path / "out" / v / findex.INDEX_FILE))
+        for v in ("v-here", "v-there")
     ]
     assert (
         faiss.serialize_index(indexes[0]).tobytes() == faiss.serialize_index(indexes[1]).tobytes()

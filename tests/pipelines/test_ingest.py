@@ -17,10 +17,11 @@ import pytest
 from genreflow import cli
 from genreflow.catalog import read_catalog
 from genreflow.config import load_config
+from genreflow.decode import tokenize_track
 from genreflow.errors import CatalogError, SpecMismatchError
-from genreflow.ingest import IngestConfig, read_dataset_manifest, tokenize_track
+from genreflow.formats.dataset import read_dataset_manifest, tokens_numpy
+from genreflow.ingest import IngestConfig
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.schema import tokens_numpy
 from tests.audio_fixtures import write_audio, write_tone
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -17,11 +17,12 @@ import torch
 from genreflow import checkpoint as ckpt
 from genreflow.config import load_config
 from genreflow.errors import ConfigError, SpecMismatchError
+from genreflow.formats.dataset import tokens_numpy
+from genreflow.formats.labels import RUN_FILE, complete_partitions, read_labels
 from genreflow.ingest import IngestConfig
 from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.pipelines.label import RUN_FILE, complete_partitions, read_labels, run_label
-from genreflow.schema import tokens_numpy
+from genreflow.pipelines.label import run_label
 from tests.audio_fixtures import write_audio
 
 pytestmark = pytest.mark.usefixtures("ray_session")

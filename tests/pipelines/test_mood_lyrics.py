@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from genreflow.config import load_config
+from genreflow.formats.labels import read_labels
 from genreflow.ingest import IngestConfig
 from genreflow.label import LabelConfig
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.pipelines.label import read_labels, run_label
+from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
 from tests.audio_fixtures import write_audio

@@ -1,11 +1,30 @@
-"""Arrow schemas of the tables genreflow writes."""
+"""The dataset folder: what ``genreflow ingest`` writes and training and labelling read.
+
+``<out>/shards/part-<hash>.parquet``: token shards (:func:`shard_schema`: the track's
+catalog fields, then its float16 ``tokens`` ``[n_tokens, n_mels, token_frames]``), named
+by a hash of their track ids (:func:`shard_name`); ``errors/`` holds
+:data:`ERRORS_SCHEMA` rows of the tracks that failed; :data:`STATE_FILE` records the
+run's progress while it runs; :data:`DATASET_FILE`, written last, is the manifest
+(token spec, labels, counts) that marks the dataset complete.
+"""
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from genreflow import storage
+from genreflow.errors import ConfigError
 from genreflow.tokens import TokenSpec
+
+DATASET_FORMAT = "genreflow.dataset/1"
+MOOD_CLASSES = ("sad", "neutral", "happy")
+STATE_FILE = "_ingest.json"
+DATASET_FILE = "_dataset.json"
 
 ERRORS_SCHEMA = pa.schema(
     [
@@ -54,3 +73,31 @@ def tokens_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     return np.asarray(column.to_numpy_ndarray())
+
+
+def mood_index(valence: float) -> int:
+    """Valence -> mood class (paper 001): sad < 0.3 <= neutral < 0.6 <= happy; -1 unknown."""
+    if valence is None or not np.isfinite(valence):
+        return -1
+    return 0 if valence < 0.3 else (1 if valence < 0.6 else 2)
+
+
+def shard_name(track_ids: Iterable[str]) -> str:
+    digest = hashlib.sha1("\n".join(sorted(track_ids)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def read_dataset_manifest(data: str) -> dict[str, Any]:
+    """The ``_dataset.json`` of a finished ingest output.
+
+    Raises:
+        ConfigError: the folder is missing or its ingest never finished.
+    """
+    uri = storage.join(data, DATASET_FILE)
+    if not storage.exists(uri):
+        raise ConfigError(
+            f"{data!r} is not a finished genreflow dataset (no {DATASET_FILE}); run "
+            "`genreflow ingest` into it first, or let an interrupted ingest finish"
+        )
+    manifest: dict[str, Any] = storage.read_json(uri)
+    return manifest
