@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genreflow.config import load_config
 from genreflow.entry import run_stage, setup_logging
 from genreflow.errors import ConfigError, GenreflowError
-from genreflow.ingest import IngestConfig
+from genreflow.stages import STAGES, Stage
 
 log = logging.getLogger("genreflow")
 
@@ -39,36 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="debug logging, Ray's logs, tracebacks"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    parser_of: dict[str, argparse.ArgumentParser] = {}
 
-    ingest = sub.add_parser("ingest", help="catalog -> Parquet token shards (Ray Data)")
-    ingest.add_argument(
-        "--catalog", help="manifest .csv/.parquet, FMA metadata folder or genre tree"
-    )
-    ingest.add_argument("--out", help="output folder (local or s3://)")
-    _add_common(ingest)
-
-    train = sub.add_parser("train", help="Parquet token shards -> a trained model (Ray Train)")
-    train.add_argument("--data", help="a finished ingest output folder")
-    train.add_argument("--out", help="run folder (local or s3://)")
-    train.add_argument(
-        "--model",
-        help="signature_attention | multitask_attention_cnn | multimodal_han | baseline_cnn",
-    )
-    train.add_argument(
-        "--resume", action="store_true", default=None, help="continue the run in --out"
-    )
-    _add_common(train)
-
-    label = sub.add_parser("label", help="catalog or shards + checkpoint -> labels (Ray Data)")
-    label.add_argument("--checkpoint", help="checkpoint folder (metrics.json's best_checkpoint)")
-    label.add_argument("--input", help="ingest output folder, or a catalog")
-    label.add_argument("--out", help="labels folder (local or s3://)")
-    _add_common(label)
-
-    index = sub.add_parser("index", help="labels -> a tuned FAISS index + neighbours table")
-    index.add_argument("--labels", help="labels folder (genreflow label --out)")
-    index.add_argument("--out", help="index folder (local or s3://)")
-    _add_common(index)
+    for stage in STAGES.values():
+        parser_of[stage.name] = sub.add_parser(stage.name, help=stage.help)
+        for flag in stage.flags:
+            if flag.switch:
+                parser_of[stage.name].add_argument(
+                    flag.name, dest=flag.dest, action="store_true", default=None, help=flag.help
+                )
+            else:
+                parser_of[stage.name].add_argument(
+                    flag.name, dest=flag.dest, type=flag.kind or str, help=flag.help
+                )
+        _add_common(parser_of[stage.name])
 
     rec = sub.add_parser("recommend", help="similar tracks from a published index")
     rec.add_argument("--index", required=True, help="index folder (genreflow index --out)")
@@ -77,18 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--audio", help="an audio file, embedded with the index's checkpoint")
     rec.add_argument("-k", type=int, default=5, help="neighbours (default: %(default)s)")
     rec.add_argument("--json", action="store_true", help="print JSON: [{track_id, score}]")
-
-    analyze = sub.add_parser("analyze", help="labels -> genre analysis report (HTML)")
-    analyze.add_argument("--labels", help="labels folder (genreflow label --out)")
-    analyze.add_argument("--out", help="report folder")
-    _add_common(analyze)
-
-    compare = sub.add_parser("compare", help="train several models under one protocol, one table")
-    compare.add_argument("--data", help="a finished ingest output folder")
-    compare.add_argument("--out", help="comparison folder")
-    compare.add_argument("--models", help="comma-separated model names (default: all four)")
-    compare.add_argument("--folds", type=int, default=None, help="k-fold CV per model")
-    _add_common(compare)
 
     demo = sub.add_parser("demo", help="the whole pipeline on a generated demo catalog")
     demo.add_argument(
@@ -110,66 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    command = COMMANDS[args.command]
+    command = COMMANDS.get(args.command) or (lambda a: run_registered(STAGES[a.command], a))
     return run_stage(lambda: command(args), verbose=args.verbose)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from genreflow.pipelines.ingest import run_ingest
-
-    config = load_config(
-        IngestConfig, args.config, args.overrides, catalog=args.catalog, out=args.out
-    )
-    result = run_ingest(config)
-    print(result.summary())
-    return 1 if result.failed else 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from genreflow.pipelines.train import run_train
-    from genreflow.train import TrainConfig
-
-    config = load_config(
-        TrainConfig,
-        args.config,
-        args.overrides,
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        resume=args.resume,
-    )
-    print(run_train(config).summary())
-    return 0
-
-
-def cmd_label(args: argparse.Namespace) -> int:
-    from genreflow.label import LabelConfig
-    from genreflow.pipelines.label import run_label
-
-    config = load_config(
-        LabelConfig,
-        args.config,
-        args.overrides,
-        checkpoint=args.checkpoint,
-        input=args.input,
-        out=args.out,
-    )
-    result = run_label(config)
-    print(result.summary())
-    return 1 if result.failed else 0
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    from genreflow.index import IndexConfig
-    from genreflow.pipelines.index import run_index
-
-    config = load_config(IndexConfig, args.config, args.overrides, labels=args.labels, out=args.out)
-    print(run_index(config).summary())
-    return 0
+def run_registered(stage: Stage, args: argparse.Namespace) -> int:
+    """A registered stage with its flags' values, ``--config`` and the overrides."""
+    values = {flag.dest: getattr(args, flag.dest) for flag in stage.flags}
+    return stage.execute(args.config, args.overrides, values)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from genreflow.index import open_index
+    from genreflow.formats.index import open_index
 
     if args.k < 1:
         raise ConfigError(f"-k must be >= 1, got {args.k}")
@@ -201,59 +124,23 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from genreflow.analysis import AnalyzeConfig
-    from genreflow.pipelines.analyze import run_analyze
-
-    config = load_config(
-        AnalyzeConfig, args.config, args.overrides, labels=args.labels, out=args.out
-    )
-    print(run_analyze(config).summary())
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from genreflow.pipelines.compare import CompareConfig, run_compare
-
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    config = load_config(
-        CompareConfig,
-        args.config,
-        args.overrides,
-        data=args.data,
-        out=args.out,
-        models=models,
-        folds=args.folds,
-    )
-    result = run_compare(config)
-    print(storage_text(result.files["markdown"]))
-    print(result.summary())
-    return 1 if result.failed else 0
-
-
-def storage_text(uri: str) -> str:
-    from genreflow import storage
-
-    return storage.read_bytes(uri).decode("utf-8")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on a generated catalog. Rerun into the same ``--out``, it
     continues: finished stages are kept, an interrupted one resumes, nothing is
     half-overwritten."""
     from genreflow.demo_catalog import make_demo_catalog
-    from genreflow.pipelines.ingest import run_ingest
-    from genreflow.pipelines.train import run_train
-    from genreflow.train import TrainConfig, finished_run
+    from genreflow.train import finished_run
+
+    ingest, train, label, index, analyze = (
+        STAGES[name] for name in ("ingest", "train", "label", "index", "analyze")
+    )
 
     work = Path(args.out).expanduser().resolve()
     started = time.perf_counter()
     local = [f"num_cpus={args.num_cpus}"] if args.num_cpus else []
-    train_config = load_config(
-        TrainConfig,
+    train_config = train.load_config(
         overrides=[*local, f"epochs={args.epochs}", "lr=0.003", "resume=true"],
-        data=str(work / "dataset"),
-        out=str(work / "runs" / "signature_attention"),
+        values={"data": str(work / "dataset"), "out": str(work / "runs" / "signature_attention")},
     )
     metrics = finished_run(train_config.out, train_config)  # other settings: refused here
     if work.is_dir() and any(work.iterdir()):
@@ -269,10 +156,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"      {manifest} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     print("[2/6] ingesting it into Parquet token shards on a local Ray ...", flush=True)
-    ingest_config = load_config(
-        IngestConfig, overrides=local, catalog=str(manifest), out=str(work / "dataset")
+    ingested = ingest.run(
+        ingest.load_config(
+            overrides=local, values={"catalog": str(manifest), "out": str(work / "dataset")}
+        )
     )
-    ingested = run_ingest(ingest_config)
     print("      " + ingested.summary())
     counts = ingested.manifest["counts"]
     genres = ingested.manifest["labels"]["genre"]
@@ -285,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     if metrics is None:
-        trained = run_train(train_config)  # resume=true: an interrupted run continues
+        trained = train.run(train_config)  # resume=true: an interrupted run continues
         metrics = trained.metrics
         print("      " + trained.summary())
     else:
@@ -301,17 +189,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "[4/6] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
         flush=True,
     )
-    from genreflow.label import LabelConfig
-    from genreflow.pipelines.label import run_label
-
     labels = work / "labels"
-    labelled = run_label(
-        load_config(
-            LabelConfig,
+    labelled = label.run(
+        label.load_config(
             overrides=[*local, "incremental=true"],  # a rerun labels only what is missing
-            checkpoint=metrics["best_checkpoint"],
-            input=str(manifest),
-            out=str(labels),
+            values={
+                "checkpoint": metrics["best_checkpoint"],
+                "input": str(manifest),
+                "out": str(labels),
+            },
         )
     )
     print("      " + labelled.summary())
@@ -329,13 +215,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
     print("[5/6] building the recommendation index (FAISS) and neighbours table ...", flush=True)
-    from genreflow.analysis import AnalyzeConfig
-    from genreflow.index import IndexConfig, open_index
-    from genreflow.pipelines.analyze import run_analyze
-    from genreflow.pipelines.index import run_index
+    from genreflow.formats.index import open_index
 
-    indexed = run_index(
-        load_config(IndexConfig, overrides=local, labels=str(labels), out=str(work / "index"))
+    indexed = index.run(
+        index.load_config(
+            overrides=local, values={"labels": str(labels), "out": str(work / "index")}
+        )
     )
     print("      " + indexed.summary())
     loaded = open_index(str(work / "index"))
@@ -347,7 +232,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"      like {row['track_id']} [{row['genre']}]: {similar}")
 
     print("[6/6] writing the genre analysis report ...", flush=True)
-    analyzed = run_analyze(load_config(AnalyzeConfig, labels=str(labels), out=str(work / "report")))
+    analyzed = analyze.run(
+        analyze.load_config(values={"labels": str(labels), "out": str(work / "report")})
+    )
     for genre, near in analyzed.nearest.items():
         print(f"      {genre}: nearest " + ", ".join(f"{n} ({s:.2f})" for n, s in near))
     print("      " + analyzed.summary())
@@ -360,7 +247,7 @@ def _label_samples(labels: str, *, count: int) -> list[dict[str, Any]]:
     """The first ``count`` label rows of the newest model version's labels."""
     import pyarrow.parquet as pq
 
-    from genreflow.pipelines.index import label_files
+    from genreflow.formats.labels import label_files
 
     files, _, _ = label_files(labels, None)
     columns = ["track_id", "genre", "genre_prob", "signature_moments"]
@@ -368,14 +255,9 @@ def _label_samples(labels: str, *, count: int) -> list[dict[str, Any]]:
     return rows[:count]
 
 
+# the commands that are not stages (STAGES holds those)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "ingest": cmd_ingest,
-    "train": cmd_train,
-    "label": cmd_label,
-    "index": cmd_index,
     "recommend": cmd_recommend,
-    "analyze": cmd_analyze,
-    "compare": cmd_compare,
     "demo": cmd_demo,
 }
 

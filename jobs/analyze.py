@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from genreflow.analysis import AnalyzeConfig
 from genreflow.jobscript import run_job
-from genreflow.pipelines.analyze import run_analyze
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], AnalyzeConfig, run_analyze))
+    sys.exit(run_job("analyze", __doc__.split("\n")[0]))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from genreflow.index import IndexConfig
 from genreflow.jobscript import run_job
-from genreflow.pipelines.index import run_index
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], IndexConfig, run_index))
+    sys.exit(run_job("index", __doc__.split("\n")[0]))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from genreflow.jobscript import run_job
-from genreflow.pipelines.compare import CompareConfig, run_compare
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], CompareConfig, run_compare))
+    sys.exit(run_job("compare", __doc__.split("\n")[0]))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from genreflow.ingest import IngestConfig
 from genreflow.jobscript import run_job
-from genreflow.pipelines.ingest import run_ingest
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], IngestConfig, run_ingest))
+    sys.exit(run_job("ingest", __doc__.split("\n")[0]))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 
 from genreflow.jobscript import run_job
-from genreflow.label import LabelConfig
-from genreflow.pipelines.label import run_label
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], LabelConfig, run_label))
+    sys.exit(run_job("label", __doc__.split("\n")[0]))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 
 from genreflow.jobscript import run_job
-from genreflow.pipelines.train import run_train
-from genreflow.train import TrainConfig
 
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__.split("\n")[0], TrainConfig, run_train))
+    sys.exit(run_job("train", __doc__.split("\n")[0]))

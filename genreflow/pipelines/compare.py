@@ -193,3 +193,8 @@ def write_table(rows: list[dict[str, Any]], config: CompareConfig) -> dict[str, 
     markdown = storage.join(config.out, "comparison.md")
     storage.write_bytes_atomic(markdown, ("\n".join(lines) + "\n").encode())
     return {"csv": csv, "markdown": markdown}
+
+
+def table_text(result: CompareResult) -> str:
+    """The comparison table (its Markdown file), as ``genreflow compare`` prints it."""
+    return storage.read_bytes(result.files["markdown"]).decode("utf-8")

@@ -23,7 +23,8 @@ from genreflow.pipelines.compare import CompareConfig, run_compare
 from genreflow.pipelines.index import run_index
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
-from genreflow.pipelines.train import run_train
+from genreflow.pipelines.train import CRASH_AFTER_EPOCH_ENV, run_train
+from genreflow.stages import STAGES
 from genreflow.train import TrainConfig
 from tests.audio_fixtures import write_tone
 
@@ -38,9 +39,13 @@ SHIPPED = {
 
 
 def job(config_cls: type, run: Callable[[Any], Any], *overrides: str) -> int:
-    """What ``python jobs/<stage>.py --config configs/<stage>.yaml ...`` returns."""
-    config = REPO / "configs" / f"{SHIPPED[config_cls]}.yaml"
-    return run_job("test", config_cls, run, ["--config", str(config), *overrides])
+    """What ``python jobs/<stage>.py --config configs/<stage>.yaml ...`` returns (the
+    registered stage, whose config and runner must be ``config_cls`` and ``run``)."""
+    name = SHIPPED[config_cls]
+    stage = STAGES[name]
+    assert stage.config_class is config_cls and stage._load(stage.runner) is run
+    config = REPO / "configs" / f"{name}.yaml"
+    return run_job(name, "test", ["--config", str(config), *overrides])
 
 
 @pytest.fixture
@@ -78,13 +83,14 @@ def test_ingest(tmp_path: Path, small_manifest: Path, capsys: pytest.CaptureFixt
     assert json.loads((tmp_path / "d" / "_dataset.json").read_text())["counts"]["rows"] == 1
 
 
-def test_train(dataset: Path, tmp_path: Path) -> None:
+def test_train(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = f"data={tmp_path / 'none'}"
     assert job(TrainConfig, run_train, missing, f"out={tmp_path / 'o'}") == EXIT_NOTHING_RAN
     # a worker dies after its first epoch and no recovery is allowed: the run had begun
+    monkeypatch.setenv(CRASH_AFTER_EPOCH_ENV, "0")
     died = job(
         TrainConfig, run_train, f"data={dataset}", f"out={tmp_path / 'run'}", "epochs=2",
-        "batch_size=8", "crash_after_epoch=0", "max_failures=0",
+        "batch_size=8", "max_failures=0",
     )  # fmt: skip
     assert died == EXIT_FAILED
     assert list((tmp_path / "run" / "epochs").glob("epoch-*.json"))  # work was done
