@@ -1,15 +1,125 @@
-"""What genreflow reads from Ray beyond its public API, in one place.
+"""Where genreflow works around Ray or reads it beyond its public API, in one place.
 
-Each entry names the Ray version it was written against and why the public API does
-not serve; when Ray offers a stock way, the entry says what to switch to. Callers
-degrade to the stock behaviour when an internal is missing.
+Each entry names the Ray version it was written against, why, and what it changes;
+callers degrade to stock behaviour when an internal is missing. ``GENREFLOW_RAY_STOCK=1``
+in the environment turns every workaround off (Ray's own defaults, loggers and
+environment untouched): the way to check whether a newer Ray still needs one, and a
+way out if one misbehaves. Reading the autoscaler's node types
+(:func:`max_cluster_resources`) is not a workaround and stays on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
+
+STOCK_ENV = "GENREFLOW_RAY_STOCK"
+
+
+def stock() -> bool:
+    """Whether the workarounds are off (``GENREFLOW_RAY_STOCK=1``)."""
+    return os.environ.get(STOCK_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+# Ray 2.60, Ray Train V2: each run starts a detached actor that asks Ray's state API,
+# once a second, whether the run's controller still lives, to free its placement group
+# if not. The state API is served by the dashboard, which the local Ray goes without:
+# every question fails, and each failure logged a warning that reached the console once
+# a second for the whole run. On a local Ray the controller and that placement group
+# end with the process anyway. Stock: the warnings stay.
+STATE_API_PROBES = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+# Ray 2.60 warns at every local start that token authentication is on; a local Ray is
+# the user's own process, and the notice concerns clusters (docs/cluster.md). Ray Data's
+# issue detector advises on memory declarations: advice for genreflow's developers.
+# Stock: both print.
+LOCAL_NOTICES = (
+    "ray._private.authentication.authentication_token_setup",
+    "ray.data._internal.issue_detection.issue_detector_manager",
+)
+
+
+def quiet_local_notices() -> None:
+    """A local run's console without :data:`LOCAL_NOTICES` (they stay in Ray's logs)."""
+    if stock():
+        return
+    for name in LOCAL_NOTICES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_state_api_probes() -> None:
+    """Worker setup of the local Ray, which has no dashboard: the loggers of
+    :data:`STATE_API_PROBES` keep their errors and drop the warnings that the state API
+    cannot be reached."""
+    if stock():
+        return
+    for name in STATE_API_PROBES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def task_based_parquet_reader() -> Iterator[None]:
+    """Ray Data reads Parquet with its task-based reader inside.
+
+    Ray 2.60's default reader (``DataContext.use_datasource_v2``) lists files by
+    starting a pool of 32 footer-reader actors for every read: about 10 s before the
+    first block on a 2-core machine, paid by every training, label and index run. The
+    task-based reader reads footers where it reads the data and has its first block in
+    0.5 s (bench/RESULTS.md). Stock: the default reader.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    if not stock():
+        context.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        context.use_datasource_v2 = before
+
+
+@contextlib.contextmanager
+def single_operator_resources() -> Iterator[None]:
+    """Ray Data without its per-operator resource reservation inside: for a dataset of
+    one operator (ingest's decode tasks), Ray 2.60's reservation holds back about half
+    of a small cluster's CPUs for operators that do not exist. Stock: reserved."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.op_resource_reservation_enabled
+    if not stock():
+        context.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled = before
+
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextlib.contextmanager
+def health_check_interval(seconds: float) -> Iterator[None]:
+    """Ray Train's controller polls its workers every ``seconds`` during a fit.
+
+    Ray 2.60's default, 2 s, adds seconds to every start, end and failure of a run, and
+    Ray Train V2 reads the interval only from its controller's environment, which Ray
+    passes on from the driver's; so the driver's environment holds it while a fit runs.
+    A value set by the user wins. Stock: Ray's own interval.
+    """
+    if HEALTH_CHECK_ENV in os.environ or stock():
+        yield
+        return
+    os.environ[HEALTH_CHECK_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        os.environ.pop(HEALTH_CHECK_ENV, None)
 
 
 def max_cluster_resources() -> dict[str, float] | None:

@@ -17,15 +17,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 from genreflow.errors import ConfigError, GenreflowError, StorageError
+from genreflow.ray_compat import (
+    quiet_local_notices,
+    quiet_state_api_probes,
+    task_based_parquet_reader,
+)
 
 log = logging.getLogger(__name__)
 
-# Ray Train starts a detached actor per run that asks Ray's state API, once a second,
-# whether the run's controller still lives, to free its placement group if not. The state
-# API is served by the dashboard, which the local Ray goes without: every question fails,
-# and each failure logged a warning that reached the console once a second for the whole
-# run. On a local Ray the controller and that placement group end with the process anyway.
-STATE_API_PROBES = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+# run in every worker process of the local Ray as it starts (a module path: Ray imports it)
+SETUP_HOOK = f"{quiet_state_api_probes.__module__}.{quiet_state_api_probes.__name__}"
 
 
 def local_ray_options(num_cpus: int | None = None) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def local_ray_options(num_cpus: int | None = None) -> dict[str, Any]:
         "num_cpus": num_cpus,
         "include_dashboard": False,
         # a module path: Ray imports it in every worker process of the job
-        "runtime_env": {"worker_process_setup_hook": f"{__name__}.quiet_state_api_probes"},
+        "runtime_env": {"worker_process_setup_hook": SETUP_HOOK},
         "_system_config": {"enable_metrics_collection": False},
     }
 
@@ -97,13 +99,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 
 
 RAY_CONSOLE_LOGGERS = ("ray", "ray.data", "ray.train")
-# Ray 2.60 warns at every local start that token authentication is on; a local Ray is
-# the user's own process, and the notice concerns clusters (docs/cluster.md). Ray Data's
-# issue detector advises on memory declarations: advice for genreflow's developers.
-RAY_LOCAL_NOTICES = (
-    "ray._private.authentication.authentication_token_setup",
-    "ray.data._internal.issue_detection.issue_detector_manager",
-)
 
 
 def check_cluster_reachable(address: str | None) -> None:
@@ -129,16 +124,7 @@ def quiet_ray_console(*, local: bool) -> None:
             ):
                 handler.setLevel(max(handler.level, logging.WARNING))
     if local:
-        for name in RAY_LOCAL_NOTICES:
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def quiet_state_api_probes() -> None:
-    """Worker setup of the local Ray, which has no dashboard: the loggers of
-    ``STATE_API_PROBES`` keep their errors and drop the warnings that the state API
-    cannot be reached."""
-    for name in STATE_API_PROBES:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_local_notices()
 
 
 def _check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
@@ -335,19 +321,13 @@ def read_parquet(
 ) -> Any:
     """``ray.data.read_parquet`` through Ray Data's task-based Parquet reader.
 
-    Ray 2.60's default reader (``use_datasource_v2``) lists files by starting a pool of
-    32 footer-reader actors for every read: about 10 s before the first block on a
-    2-core machine, paid by every training, label and index run. The task-based reader
-    reads footers where it reads the data and has its first block in 0.5 s
-    (bench/RESULTS.md); it pushes column selection and row filters into the read as
-    well. ``concurrency`` caps the read tasks running at once (None: Ray Data's choice).
+    Ray Data's task-based Parquet reader (:func:`genreflow.ray_compat.task_based_parquet_reader`)
+    pushes column selection and row filters into the read. ``concurrency`` caps the read
+    tasks running at once (None: Ray Data's choice).
     """
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    before = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    try:
+    with task_based_parquet_reader():
         return ray.data.read_parquet(
             paths,
             filesystem=filesystem,
@@ -355,8 +335,6 @@ def read_parquet(
             num_cpus=num_cpus,
             concurrency=concurrency,
         )
-    finally:
-        context.use_datasource_v2 = before
 
 
 def read_parquet_files(

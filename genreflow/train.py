@@ -77,7 +77,6 @@ class TrainConfig:
     folds: int = 0  # k-fold cross-validation over the training split; 0: off
     lyrics_min_count: int = 2
     lyrics_max_vocab: int = 20_000
-    crash_after_epoch: int | None = None  # testing aid: kill a worker once after this epoch
     address: str | None = None
     num_cpus: int | None = None  # CPUs of a local Ray
 

@@ -28,6 +28,7 @@ from genreflow.ingest import (
     prepare_output,
     write_catalog_problems,
 )
+from genreflow.ray_compat import single_operator_resources
 from genreflow.runtime import check_cluster_reachable, init_ray
 
 log = logging.getLogger(__name__)
@@ -173,18 +174,13 @@ def _run_shards(
     """Fan the tracks out as one Ray Data task per shard; returns (rows, seconds)."""
     import ray
 
-    context = ray.data.DataContext.get_current()
-    reservation = context.op_resource_reservation_enabled
-    # One operator only: Ray Data's per-operator reservation would hold back half of a
-    # small cluster's CPUs for operators that do not exist.
-    context.op_resource_reservation_enabled = False
     chunks = [
         todo.iloc[i : i + config.shard_size].reset_index(drop=True)
         for i in range(0, len(todo), config.shard_size)
     ]
     rows_written = 0
     start = time.perf_counter()
-    try:
+    with single_operator_resources():  # one operator: no reservation for others
         dataset = ray.data.from_pandas(chunks).map_batches(
             ingest_shard,  # type: ignore[arg-type]
             batch_size=None,  # one block = one shard = one task
@@ -202,6 +198,4 @@ def _run_shards(
             assert isinstance(batch, pd.DataFrame)
             rows_written += int((batch["status"] == "ok").sum())
             errors_by_kind.update(batch.loc[batch["status"] == "error", "kind"].tolist())
-    finally:
-        context.op_resource_reservation_enabled = reservation
     return rows_written, time.perf_counter() - start

@@ -36,9 +36,10 @@ from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError, GenreflowError
-from genreflow.ingest import MOOD_CLASSES, mood_index, read_dataset_manifest
+from genreflow.formats.dataset import MOOD_CLASSES, mood_index, read_dataset_manifest, tokens_numpy
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab
+from genreflow.ray_compat import health_check_interval
 from genreflow.runtime import (
     cluster_gpus,
     init_ray,
@@ -47,7 +48,6 @@ from genreflow.runtime import (
     wants_gpus,
     withdraw_resource_request,
 )
-from genreflow.schema import tokens_numpy
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
     LYRICS_COLUMN,
@@ -65,6 +65,10 @@ from genreflow.train import (
 )
 
 log = logging.getLogger(__name__)
+
+# A testing aid, not a setting: set in the driver's environment, the first worker dies
+# (like a preempted node) after checkpointing this epoch, once; the run must recover.
+CRASH_AFTER_EPOCH_ENV = "GENREFLOW_TESTING_CRASH_AFTER_EPOCH"
 
 
 @dataclasses.dataclass
@@ -214,12 +218,18 @@ def _fit(
     datasets: dict[str, Any],
     *,
     name: str,
+    testing_crash: bool = True,
 ) -> Any:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     genres = manifest["labels"]["genre"]
     use_gpu = config.use_gpu is True  # run_train resolved auto
+    worker_env = {}
+    if config.worker_niceness is not None:
+        worker_env["RAY_worker_niceness"] = str(config.worker_niceness)
+    if testing_crash and os.environ.get(CRASH_AFTER_EPOCH_ENV):
+        worker_env[CRASH_AFTER_EPOCH_ENV] = os.environ[CRASH_AFTER_EPOCH_ENV]
     counts = manifest["counts"]["by_split_genre"].get("train", {})
     loop_config = {
         "config": dataclasses.asdict(config),
@@ -251,11 +261,7 @@ def _fit(
             checkpoint_config=ray.train.CheckpointConfig(
                 checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
             ),
-            worker_runtime_env=(
-                {}
-                if config.worker_niceness is None
-                else {"env_vars": {"RAY_worker_niceness": str(config.worker_niceness)}}
-            ),
+            worker_runtime_env={"env_vars": worker_env} if worker_env else {},
         ),
         datasets=datasets,
     )
@@ -316,23 +322,6 @@ def epoch_progress(config: TrainConfig, *, name: str, every_s: float = 2.0) -> I
     finally:
         done.set()
         thread.join()
-
-
-HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-
-
-@contextlib.contextmanager
-def health_check_interval(seconds: float) -> Iterator[None]:
-    """Ray Train's controller polls its workers every ``seconds`` during a fit (Ray
-    passes the variable on to the controller); a value set in the environment wins."""
-    if HEALTH_CHECK_ENV in os.environ:
-        yield
-        return
-    os.environ[HEALTH_CHECK_ENV] = f"{seconds:g}"
-    try:
-        yield
-    finally:
-        os.environ.pop(HEALTH_CHECK_ENV, None)
 
 
 def _cache(
@@ -512,9 +501,8 @@ def _cross_validate(
             out=storage.join(config.out, f"fold-{k}"),
             storage_path=storage.join(_storage_path(config), f"fold-{k}"),
             resume=False,
-            crash_after_epoch=None,
         )
-        result = _fit(fold_config, manifest, vocab, datasets, name="run")
+        result = _fit(fold_config, manifest, vocab, datasets, name="run", testing_crash=False)
         if result.error is not None:
             raise GenreflowError(f"cross-validation fold {k} failed: {result.error}")
         history = _history(fold_config)
@@ -683,6 +671,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
+    crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV) or -1)  # tests only
     device = ray.train.torch.get_device()
     recipe = TrainingRecipe(
         config,
@@ -739,12 +728,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)  # RAY: every worker reports each epoch
-        if (
-            config.crash_after_epoch is not None
-            and epoch == config.crash_after_epoch
-            and resumed is None
-            and rank == 0
-        ):
+        if crash_after == epoch and resumed is None and rank == 0:
             ray.train.get_all_reported_checkpoints()  # RAY: wait until the checkpoint is registered
             os._exit(1)  # testing aid: die like a preempted node, once, after checkpointing
         if stop:

@@ -20,10 +20,10 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss
 from genreflow import checkpoint as ckpt
 from genreflow.config import load_config
 from genreflow.errors import ConfigError, SpecMismatchError
+from genreflow.formats.dataset import tokens_numpy
 from genreflow.ingest import IngestConfig
 from genreflow.pipelines.ingest import run_ingest
-from genreflow.pipelines.train import HEALTH_CHECK_ENV, health_check_interval, run_train
-from genreflow.schema import tokens_numpy
+from genreflow.pipelines.train import CRASH_AFTER_EPOCH_ENV, run_train
 from genreflow.tokens import TokenSpec
 from genreflow.train import TrainConfig
 
@@ -117,9 +117,10 @@ def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: 
 
 
 def test_a_worker_killed_after_epoch_one_resumes_at_epoch_two(
-    dataset: Path, tmp_path: Path, trained_run: Path
+    dataset: Path, tmp_path: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    crashed = train(dataset, tmp_path / "crashed", "crash_after_epoch=0", "max_failures=1")
+    monkeypatch.setenv(CRASH_AFTER_EPOCH_ENV, "0")
+    crashed = train(dataset, tmp_path / "crashed", "max_failures=1")
     assert epochs_done(tmp_path / "crashed") == [0, 1]
     history = crashed.metrics["history"]
     assert [h["epoch"] for h in history] == [0, 1]  # epoch 0 was not trained twice
@@ -178,16 +179,7 @@ def test_k_fold_cross_validation_reports_mean_and_std(dataset: Path, tmp_path: P
     assert "CV macro-F1" in result.summary()
 
 
-def test_the_controller_poll_is_set_for_the_fit_unless_the_environment_sets_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
-    with health_check_interval(0.5):
-        assert os.environ[HEALTH_CHECK_ENV] == "0.5"  # Ray passes it on to the controller
-    assert HEALTH_CHECK_ENV not in os.environ
-    monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
-    with health_check_interval(0.5):
-        assert os.environ[HEALTH_CHECK_ENV] == "3"
-    assert os.environ[HEALTH_CHECK_ENV] == "3"
+def test_a_poll_interval_must_be_positive() -> None:
+    # the interval's effect on the environment: tests/test_ray_compat.py
     with pytest.raises(ConfigError, match="health_check_s must be > 0"):
         load_config(TrainConfig, overrides=["health_check_s=0"])
