@@ -6,6 +6,7 @@ takes its batch down."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from genreflow.audio import load_clip
+from genreflow import storage
+from genreflow.audio import Clip, load_clip
 from genreflow.errors import AudioError
 from genreflow.features import log_mel_for_spec
 from genreflow.formats.dataset import ERRORS_SCHEMA
@@ -34,15 +36,43 @@ def tokenize_track(
     Raises:
         AudioError: the file cannot be used (see :func:`genreflow.audio.load_clip`).
     """
-    clip = load_clip(
+    clip = _clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
+    return _tokens(clip.samples, spec), clip.duration_s
+
+
+def _clip(uri: str, spec: TokenSpec, *, min_duration_s: float, allow_silent: bool) -> Clip:
+    return load_clip(
         uri,
         sample_rate=spec.sample_rate,
         clip_s=spec.clip_s,
         min_duration_s=min_duration_s,
         allow_silent=allow_silent,
     )
-    mel = log_mel_for_spec(clip.samples, spec)  # [n_mels, n_frames]
-    return cut_tokens(mel, spec).astype(np.float16), clip.duration_s
+
+
+def _tokens(samples: np.ndarray, spec: TokenSpec) -> np.ndarray:
+    mel = log_mel_for_spec(samples, spec)  # [n_mels, n_frames]
+    return cut_tokens(mel, spec).astype(np.float16)
+
+
+DIGEST_CHARS = 32  # hex digits kept of a SHA-256: 128 bits
+
+
+def file_digest(uri: str, *, chunk: int = 2**20) -> str:
+    """SHA-256 of a file's bytes (:data:`DIGEST_CHARS` hex digits), read in chunks."""
+    fs, path = storage.resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def clip_digest(samples: np.ndarray) -> str:
+    """SHA-256 of a decoded clip as 16-bit samples: the same audio in another container,
+    with other tags or at another source rate resampled alike, has the same digest."""
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    return hashlib.sha256(pcm.tobytes()).hexdigest()[:DIGEST_CHARS]
 
 
 def error_row(track_id: str, uri: str, stage: str, kind: str, error: str) -> dict[str, str]:
@@ -64,6 +94,8 @@ class Decoded:
     errors: list[dict[str, str]]  # one error row per track that failed, in input order
     failed: dict[int, str]  # input position -> error kind
     seconds: list[float]  # per input row: the time its decode took
+    file_digests: list[str]  # per decoded row (with ``digests``): :func:`file_digest`
+    clip_digests: list[str]  # per decoded row (with ``digests``): :func:`clip_digest`
 
 
 def decode_tokens(
@@ -73,20 +105,26 @@ def decode_tokens(
     *,
     min_duration_s: float = 0.0,
     allow_silent: bool = False,
+    digests: bool = False,
 ) -> Decoded:
-    """Decode and tokenize every ``(track_id, uri)``; never raises for a track."""
+    """Decode and tokenize every ``(track_id, uri)``; never raises for a track. With
+    ``digests``, each decoded track's file and clip digests too (ingest finds duplicate
+    audio by them)."""
     index: list[int] = []
     tokens: list[np.ndarray] = []
     durations: list[float] = []
     errors: list[dict[str, str]] = []
     failed: dict[int, str] = {}
     seconds: list[float] = []
+    file_digests: list[str] = []
+    clip_digests: list[str] = []
     for i, (track_id, uri) in enumerate(zip(track_ids, uris, strict=True)):
         start = time.perf_counter()
         try:
-            toks, duration = tokenize_track(
-                uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent
-            )
+            clip = _clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
+            toks, duration = _tokens(clip.samples, spec), clip.duration_s
+            if digests:
+                found = (file_digest(uri), clip_digest(clip.samples))
         except AudioError as exc:
             errors.append(error_row(track_id, uri, "decode", exc.kind, str(exc)))
             failed[i] = exc.kind
@@ -99,6 +137,9 @@ def decode_tokens(
             index.append(i)
             tokens.append(toks)
             durations.append(duration)
+            if digests:
+                file_digests.append(found[0])
+                clip_digests.append(found[1])
         seconds.append(time.perf_counter() - start)
     return Decoded(
         index=index,
@@ -107,6 +148,8 @@ def decode_tokens(
         errors=errors,
         failed=failed,
         seconds=seconds,
+        file_digests=file_digests,
+        clip_digests=clip_digests,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genreflow import __version__, storage
 from genreflow.catalog import Catalog
@@ -32,6 +33,9 @@ from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import (
     DATASET_FILE,
     DATASET_FORMAT,
+    DUPLICATE_KIND,
+    DUPLICATE_SPLIT,
+    DUPLICATES_ERRORS,
     MOOD_CLASSES,
     SHARD_META_FIELDS,
     STATE_FILE,
@@ -105,11 +109,16 @@ def ingest_shard(
     uris = rows["uri"].astype(str).tolist()
     name = shard_name(track_ids)
     decoded = decode_tokens(
-        track_ids, uris, token_spec, min_duration_s=min_duration_s, allow_silent=allow_silent
+        track_ids,
+        uris,
+        token_spec,
+        min_duration_s=min_duration_s,
+        allow_silent=allow_silent,
+        digests=True,
     )
     records = rows.to_dict("records")
     ok: list[dict[str, Any]] = []
-    for position, duration_s in zip(decoded.index, decoded.durations, strict=True):
+    for k, (position, duration_s) in enumerate(zip(decoded.index, decoded.durations, strict=True)):
         row = records[position]
         genre = _optional_str(row.get("genre"))
         ok.append(
@@ -123,6 +132,8 @@ def ingest_shard(
                 "lyrics": _optional_str(row.get("lyrics")),
                 "uri": uris[position],
                 "duration_s": float(duration_s),
+                "audio_sha256": decoded.file_digests[k],
+                "clip_sha256": decoded.clip_digests[k],
             }
         )
     summary = [
@@ -252,10 +263,103 @@ def _problem_kind(error: str) -> str:
     return "bad_row"
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    track_id: str
+    uri: str
+    split: str | None  # the split the catalog gave it
+    original: str  # the track whose audio it has
+    how: str  # "file" (the same bytes) or "clip" (the same decoded audio)
+
+
+def find_duplicates(out: str) -> list[Duplicate]:
+    """Tracks of the dataset whose audio another track has: the same file bytes or the
+    same decoded clip. Of each group the first track id in sorted order is the original,
+    whatever order the tracks were ingested in, so reruns and clean runs agree. Reads
+    short columns of the shards (ids, splits, URIs, hex digests), never audio.
+    """
+    shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
+    columns = ["track_id", "split", "uri", "audio_sha256", "clip_sha256"]
+    rows: list[tuple[str, str | None, str, str | None, str | None]] = []
+    for uri in shards:
+        fs, path = storage.resolve(uri)
+        if "clip_sha256" not in pq.read_schema(path, filesystem=fs).names:
+            log.warning(
+                "%s predates audio digests: duplicates are not looked for; ingest into a "
+                "new folder to find them", out,
+            )  # fmt: skip
+            return []
+        table = pq.read_table(path, columns=columns, filesystem=fs)
+        rows.extend(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
+    first_file: dict[str, str] = {}
+    first_clip: dict[str, str] = {}
+    found: list[Duplicate] = []
+    for track_id, split, uri, file_hash, clip_hash in sorted(rows, key=lambda r: r[0]):
+        if file_hash and file_hash in first_file:
+            found.append(Duplicate(track_id, uri, split, first_file[file_hash], "file"))
+        elif clip_hash and clip_hash in first_clip:
+            found.append(Duplicate(track_id, uri, split, first_clip[clip_hash], "clip"))
+        else:
+            if file_hash:
+                first_file.setdefault(file_hash, track_id)
+            if clip_hash:
+                first_clip.setdefault(clip_hash, track_id)
+    return found
+
+
+def set_aside_duplicates(out: str, duplicates: list[Duplicate]) -> None:
+    """Give each duplicate the split ``duplicate`` in its shard, so no split holds the
+    same audio twice (a copy in train and test would inflate test scores), and write
+    one ``duplicate_audio`` error row per duplicate naming its original. Shards are
+    rewritten whole and atomically; rerun, it finds them done."""
+    dup_ids = {d.track_id for d in duplicates}
+    for uri in storage.list_files(storage.join(out, "shards"), suffix=".parquet"):
+        fs, path = storage.resolve(uri)
+        head = pq.read_table(path, columns=["track_id", "split"], filesystem=fs)
+        marks = [t in dup_ids and s != DUPLICATE_SPLIT for t, s in zip(
+            head.column("track_id").to_pylist(), head.column("split").to_pylist(), strict=True
+        )]  # fmt: skip
+        if not any(marks):
+            continue
+        table = pq.read_table(path, filesystem=fs)
+        splits = [
+            DUPLICATE_SPLIT if t in dup_ids else s
+            for t, s in zip(
+                table.column("track_id").to_pylist(), table.column("split").to_pylist(), strict=True
+            )
+        ]
+        at = table.schema.get_field_index("split")
+        table = table.set_column(at, table.schema.field(at), pa.array(splits, pa.string()))
+        storage.write_parquet_atomic(table, uri)
+    target = storage.join(out, "errors", DUPLICATES_ERRORS)
+    if not duplicates:
+        storage.delete(target)
+        return
+    rows = [
+        {
+            "track_id": d.track_id,
+            "uri": d.uri,
+            "stage": "dedupe",
+            "kind": DUPLICATE_KIND,
+            "error": (
+                f"the same audio as track {d.original} (the same "
+                f"{'file bytes' if d.how == 'file' else 'decoded clip'}); left out of "
+                f"the splits (the catalog put it in {d.split or 'none'})"
+            ),
+            "duplicate_of": d.original,
+        }
+        for d in duplicates
+    ]
+    storage.write_parquet_atomic(error_table(rows), target)
+
+
 def finalize(
     out: str, *, spec: TokenSpec, vocabulary: list[str], catalog_uri: str, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Count what the folder holds and write ``_dataset.json`` last (atomically)."""
+    """Set duplicates aside, count what the folder holds and write ``_dataset.json``
+    last (atomically)."""
+    duplicates = find_duplicates(out)
+    set_aside_duplicates(out, duplicates)
     shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
     by_split: Counter[str] = Counter()
     by_split_genre: dict[str, Counter[str]] = {}
@@ -297,6 +401,7 @@ def finalize(
             "with_lyrics": lyrics,
             "errors": sum(errors_by_kind.values()),
             "errors_by_kind": dict(sorted(errors_by_kind.items())),
+            "duplicates": len(duplicates),
         },
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
         **extra,

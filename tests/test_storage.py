@@ -32,6 +32,8 @@ def test_token_shards_round_trip_and_only_non_float_columns_use_dictionaries(
         "lyrics": pa.array([None] * rows, pa.string()),
         "uri": pa.array([f"/music/{i}.mp3" for i in range(rows)]),
         "duration_s": pa.array([1.0] * rows, pa.float32()),
+        "audio_sha256": pa.array([f"{i:032x}" for i in range(rows)]),
+        "clip_sha256": pa.array([f"{i + 1:032x}" for i in range(rows)]),
         "tokens": tokens_array(tokens, spec),
     }
     table = pa.Table.from_pydict(columns, schema=shard_schema(spec))
@@ -44,7 +46,7 @@ def test_token_shards_round_trip_and_only_non_float_columns_use_dictionaries(
     np.testing.assert_array_equal(tokens_numpy(back.column("tokens")), tokens)
     encodings = {
         chunk.path_in_schema.split(".")[0]: chunk.encodings
-        for chunk in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(10))
+        for chunk in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(12))
     }
     assert "RLE_DICTIONARY" not in encodings["tokens"]
     assert "RLE_DICTIONARY" not in encodings["valence"]
@@ -57,6 +59,8 @@ def test_token_shards_round_trip_and_only_non_float_columns_use_dictionaries(
         "artist_id",
         "lyrics",
         "uri",
+        "audio_sha256",
+        "clip_sha256",
     ]
 
 

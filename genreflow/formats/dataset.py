@@ -30,9 +30,10 @@ ERRORS_SCHEMA = pa.schema(
     [
         pa.field("track_id", pa.string()),
         pa.field("uri", pa.string()),
-        pa.field("stage", pa.string()),  # catalog | decode | tokenize | ...
+        pa.field("stage", pa.string()),  # catalog | decode | dedupe
         pa.field("kind", pa.string()),  # missing | empty | undecodable | truncated | ...
         pa.field("error", pa.string()),
+        pa.field("duplicate_of", pa.string()),  # duplicate_audio rows: the track it repeats
     ]
 )
 
@@ -47,7 +48,13 @@ SHARD_META_FIELDS = [
     pa.field("lyrics", pa.string()),
     pa.field("uri", pa.string()),
     pa.field("duration_s", pa.float32()),  # audio present before padding
+    pa.field("audio_sha256", pa.string()),  # the file's bytes (128 bits, hex)
+    pa.field("clip_sha256", pa.string()),  # the decoded clip, as 16-bit samples (128 bits)
 ]
+
+DUPLICATE_SPLIT = "duplicate"  # the split of a track whose audio another track has
+DUPLICATE_KIND = "duplicate_audio"  # its error-row kind
+DUPLICATES_ERRORS = "duplicates.parquet"  # errors/<this>: one row per duplicate
 
 
 def tokens_type(spec: TokenSpec) -> pa.DataType:

@@ -78,6 +78,12 @@ class IngestResult:
             f"{self.rows_written} rows written ({total} in the dataset), {self.errors} errors "
             f"({kinds}); {self.clips_per_s:.1f} clips/s decoding, {self.seconds:.1f} s in all."
         )
+        duplicates = self.manifest.get("counts", {}).get("duplicates", 0)
+        if duplicates:
+            text += (
+                f" {duplicates} tracks repeat another's audio and are left out of the splits "
+                "(errors/duplicates.parquet names the original of each)."
+            )
         if self.failed:
             text += (
                 f" FAILED: error rate {self.error_rate:.1%} exceeds max_error_rate "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 
 from genreflow import cli
 from genreflow.catalog import read_catalog
@@ -245,3 +247,58 @@ def test_cli_ingests_a_folder_of_real_music_files_from_a_manifest(tmp_path: Path
     out = tmp_path / "out"
     assert cli.main(["ingest", "--catalog", str(manifest), "--out", str(out)]) == 0
     assert sorted(read_rows(out)["track_id"]) == ["a", "b", "c", "d"]
+
+
+def test_duplicate_audio_is_found_by_content_and_never_split_across_train_and_test(
+    tmp_path: Path,
+) -> None:
+    """Planted copies: the same file under another name, and the same audio with other
+    tags (other bytes, the same decoded clip), both in train while their originals are
+    in test. A tone with other noise is not a copy."""
+    audio = tmp_path / "audio"
+    a = write_tone(audio / "a.wav", 440.0)
+    b = write_tone(audio / "b.wav", 550.0)
+    c = write_tone(audio / "c.wav", 440.0, seed=7)  # like a, other noise: not a copy
+    (audio / "z-copy.wav").write_bytes(a.read_bytes())
+    pcm, rate = sf.read(b, dtype="int16")
+    with sf.SoundFile(audio / "y-retagged.wav", "w", samplerate=rate, channels=1) as tagged:
+        tagged.title, tagged.artist = "a re-tagged copy", "someone"  # b's audio, other bytes
+        tagged.write(pcm)
+    rows = [
+        ("a", a, "test"), ("b", b, "test"), ("c", c, "train"),
+        ("z-copy", audio / "z-copy.wav", "train"),
+        ("y-retagged", audio / "y-retagged.wav", "train"),
+    ]  # fmt: skip
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        [{"track_id": t, "uri": str(u), "genre": "g", "split": s} for t, u, s in rows]
+    ).to_csv(manifest, index=False)
+    out = tmp_path / "ds"
+    result = ingest(manifest, out)
+    shards = read_rows(out).set_index("track_id")
+    assert (
+        shards.loc["z-copy", "split"] == "duplicate"
+        and shards.loc["y-retagged", "split"] == "duplicate"
+    )
+    assert shards.loc[["a", "b", "c"], "split"].tolist() == ["test", "test", "train"]
+    assert shards.loc["z-copy", "audio_sha256"] == shards.loc["a", "audio_sha256"]
+    assert shards.loc["y-retagged", "audio_sha256"] != shards.loc["b", "audio_sha256"]
+    assert shards.loc["y-retagged", "clip_sha256"] == shards.loc["b", "clip_sha256"]
+    errors = read_errors(out).set_index("track_id")
+    assert errors.loc["z-copy", "kind"] == errors.loc["y-retagged", "kind"] == "duplicate_audio"
+    assert (
+        errors.loc["z-copy", "duplicate_of"] == "a"
+        and errors.loc["y-retagged", "duplicate_of"] == "b"
+    )
+    assert "the same audio as track a" in errors.loc["z-copy", "error"]
+    assert "c" not in errors.index
+    manifest_json = json.loads((out / "_dataset.json").read_text())
+    assert manifest_json["counts"]["duplicates"] == 2
+    assert manifest_json["counts"]["by_split"] == {"duplicate": 2, "test": 2, "train": 1}
+    assert not result.failed and "2 tracks repeat another's audio" in result.summary()
+    # a rerun finds the same, changes nothing
+    before = {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.parquet"))}
+    again = ingest(manifest, out)
+    assert again.rows_written == 0
+    assert {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.parquet"))} == before
+    assert read_errors(out).set_index("track_id").loc["z-copy", "duplicate_of"] == "a"
