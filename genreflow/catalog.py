@@ -171,12 +171,15 @@ def read_fma(
             "as in fma_metadata/tracks.csv"
         )
     allowed = FMA_SUBSETS[: FMA_SUBSETS.index(subset) + 1]
-    tracks = tracks[tracks[("set", "subset")].isin(allowed)]
+    tracks, all_ids, problems = _fma_track_ids(tracks)
+    in_subset = tracks[("set", "subset")].isin(allowed).to_numpy()
+    tracks = tracks[in_subset]
+    ids = [t for t, keep in zip(all_ids, in_subset, strict=True) if keep]
     genre = tracks[("track", "genre_top")].astype("string")
     out = pd.DataFrame(
         {
-            "track_id": tracks.index.astype(int).astype(str),
-            "uri": [fma_audio_path(audio_dir, t) for t in tracks.index],
+            "track_id": [str(t) for t in ids],
+            "uri": [fma_audio_path(audio_dir, t) for t in ids],
             "genre": genre.to_numpy(),
             "artist_id": tracks[("artist", "id")].astype("string").to_numpy(),
             "lyrics": pd.Series([None] * len(tracks), dtype="string").to_numpy(),
@@ -201,12 +204,45 @@ def read_fma(
         echonest = pd.read_csv(echonest_csv, index_col=0, header=[0, 1, 2])
         key = ("echonest", "audio_features", "valence")
         if key in echonest.columns:
-            valence = echonest[key].astype(float)
-            valence.index = valence.index.astype(int).astype(str)
+            valence = pd.to_numeric(echonest[key], errors="coerce")
+            numeric = pd.to_numeric(pd.Series(echonest.index), errors="coerce").to_numpy()
+            whole = np.isfinite(numeric) & (numeric == np.floor(numeric))
+            valence = valence[whole]
+            valence.index = pd.Index([str(int(i)) for i in numeric[whole]])
+            valence = valence[~valence.index.duplicated(keep="first")]
             out["valence"] = out["track_id"].map(valence).astype(float)
     out = _normalise(out)
     _clean_valence(out, notes)
-    return Catalog(tracks=out, notes=notes)
+    problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
+    return Catalog(tracks=out, problems=problem_df, notes=notes)
+
+
+FMA_FIRST_LINE = 4  # tracks.csv: two header rows and the index's name, then the tracks
+
+
+def _fma_track_ids(tracks: pd.DataFrame) -> tuple[pd.DataFrame, list[int], list[dict[str, str]]]:
+    """The rows of ``tracks.csv`` whose track id is a whole number (the first row of a
+    repeated id), their ids, and a problem row naming each other row."""
+    numeric = pd.to_numeric(pd.Series(tracks.index, dtype=object), errors="coerce")
+    seen: set[int] = set()
+    keep: list[bool] = []
+    ids: list[int] = []
+    problems: list[dict[str, str]] = []
+    for line, (raw, value) in enumerate(
+        zip(tracks.index, numeric.to_numpy(dtype=float), strict=True), start=FMA_FIRST_LINE
+    ):
+        where = f"tracks.csv line {line}"
+        if not (np.isfinite(value) and value == np.floor(value) and value >= 0):
+            problems.append(_problem(raw, "", f"{where}: track id {raw!r} is not a whole number"))
+            keep.append(False)
+        elif int(value) in seen:
+            problems.append(_problem(raw, "", f"{where}: track id {int(value)} repeats"))
+            keep.append(False)
+        else:
+            seen.add(int(value))
+            ids.append(int(value))
+            keep.append(True)
+    return tracks[np.array(keep, dtype=bool)], ids, problems
 
 
 # --- generic manifest ------------------------------------------------------------------
