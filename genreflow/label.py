@@ -27,7 +27,7 @@ from genreflow.config import path_field
 from genreflow.decode import decode_tokens, error_table
 from genreflow.errors import ConfigError
 from genreflow.formats.dataset import shard_name
-from genreflow.formats.labels import LABELS_SCHEMA
+from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA
 from genreflow.models.base import inference_model
 from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
@@ -54,6 +54,8 @@ class LabelConfig:
     read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
     torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
+    rows_per_file: int = LABEL_FILE_ROWS  # label rows per output file, each written whole;
+    # an interrupted run keeps its finished files and the next run continues it
     shard_size: int = 32  # raw audio: tracks per decode task
     inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
     # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
@@ -77,6 +79,7 @@ class LabelConfig:
             "actors",
             "shard_size",
             "read_tasks",
+            "rows_per_file",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -2,10 +2,12 @@
 ``recommend`` read.
 
 ``<out>/run-<UTC time>-<id>/`` is one partition per label run: ``labels-NNNNN.parquet``
-files of :data:`LABELS_SCHEMA` rows (each written whole, :data:`LABEL_FILE_ROWS` rows at
-most), ``errors/`` (error rows of tracks that could not be labelled) and, written last,
+files of :data:`LABELS_SCHEMA` rows (each written whole, ``rows_per_file`` rows at
+most), ``errors/`` (error rows of tracks that could not be labelled), :data:`STARTED_FILE`
+(the model version and input, written as the run starts) and, written last,
 :data:`RUN_FILE`: the run record that marks the partition complete. A partition without
-it is an interrupted run's, which readers skip and the next run removes.
+it is an interrupted run's, which readers skip; the next run with the same model and
+input continues it (its label files are kept), any other run removes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from genreflow import storage
 from genreflow.errors import GenreflowError
 
 RUN_FILE = "_run.json"
-LABEL_FILE_ROWS = 4096  # label rows per file
+STARTED_FILE = "_started.json"  # what a run labels with, written as it starts
+LABEL_FILE_ROWS = 4096  # label rows per file (the default of ``rows_per_file``)
 
 LABELS_SCHEMA_FIELDS = [
     pa.field("track_id", pa.string()),
@@ -112,3 +115,11 @@ def label_files(labels: str, version: str | None) -> tuple[list[str], str, str |
     )
     files = [f for p in chosen for f in storage.list_files(p, suffix=".parquet")]
     return files, version, checkpoint
+
+
+def track_ids(files: list[str]) -> set[str]:
+    """The track ids in label or error files."""
+    ids: set[str] = set()
+    for table in storage.read_parquet_columns(files, ["track_id"]):
+        ids.update(str(t) for t in table.column("track_id").to_pylist())
+    return ids

@@ -32,11 +32,12 @@ from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
 from genreflow.formats.dataset import DATASET_FILE, read_dataset_manifest
 from genreflow.formats.labels import (
-    LABEL_FILE_ROWS,
     RUN_FILE,
+    STARTED_FILE,
     complete_partitions,
     labelled_by,
     partitions,
+    track_ids,
 )
 from genreflow.ingest import write_catalog_problems
 from genreflow.label import (
@@ -96,6 +97,23 @@ def _delete_tree(uri: str) -> None:
         fs.delete_dir(path)
 
 
+def _continue_or_clear(out: str, started: dict[str, Any]) -> str | None:
+    """The newest interrupted partition of ``out`` whose run labelled with the same model
+    version and input (``started``), to continue; every other interrupted partition is
+    removed (its files would be labelled again, perhaps by another model)."""
+    unfinished = [p for p in partitions(out) if not storage.exists(storage.join(p, RUN_FILE))]
+    chosen = None
+    for stale in reversed(unfinished):
+        record_uri = storage.join(stale, STARTED_FILE)
+        record = storage.read_json(record_uri) if storage.exists(record_uri) else {}
+        if chosen is None and all(record.get(k) == v for k, v in started.items()):
+            chosen = stale
+            continue
+        log.warning("removing %s: an interrupted run left it without %s", stale, RUN_FILE)
+        _delete_tree(stale)
+    return chosen
+
+
 def decode_task_memory(spec: TokenSpec, tracks: int) -> int:
     """Bytes a decode worker holds at most: the interpreter with librosa and soundfile
     loaded, one clip decoded and resampled (about 330 MiB measured by Ray Data for
@@ -131,14 +149,28 @@ def run_label(config: LabelConfig) -> LabelResult:
             require_genre=False,
             audio_root=config.audio_root,
         )
-    for stale in partitions(config.out):
-        if not storage.exists(storage.join(stale, RUN_FILE)):
-            log.warning("removing %s: an interrupted run left it without %s", stale, RUN_FILE)
-            _delete_tree(stale)
+    started = {
+        "model_version": version,
+        "input": config.input,
+        "incremental": config.incremental,
+    }
+    partition = _continue_or_clear(config.out, started)
     earlier = complete_partitions(config.out)
     done = labelled_by(earlier, version) if config.incremental else set()
-    run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    partition = storage.join(config.out, run_id)
+    kept: set[str] = set()
+    if partition is not None:  # an interrupted run of the same model and input
+        kept = track_ids(storage.list_files(partition, suffix=".parquet"))
+        kept |= track_ids(storage.list_files(storage.join(partition, "errors"), suffix=".parquet"))
+        if kept & done:  # not what that run could have written: start over
+            log.warning("removing %s: it repeats tracks of finished runs", partition)
+            _delete_tree(partition)
+            partition, kept = None, set()
+    if partition is None:
+        run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        partition = storage.join(config.out, run_id)
+    else:  # keep what the interrupted run finished; label the rest
+        run_id = partition.rstrip("/").rsplit("/", 1)[-1]
+        log.info("continuing the interrupted run %s: %d tracks done, kept", run_id, len(kept))
 
     init_ray(config.address, num_cpus=config.num_cpus)
     resources = ray_resources()
@@ -159,6 +191,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         gpus_per_actor=config.gpu_share,
     )
     mark_started()
+    storage.write_json_atomic(storage.join(partition, STARTED_FILE), {"run": run_id, **started})
     log.info(
         "labelling with %d model actor(s), %g CPU(s)%s each",
         actors,
@@ -169,8 +202,12 @@ def run_label(config: LabelConfig) -> LabelResult:
     # before any dataset is made: each copies Ray Data's context
     with data_memory_limit(config.inflight_gb, block_mb=config.block_mb):
         tracks_in, skipped, labelled = _write_labels(
-            config, spec, catalog, manifest if from_shards else None, done, partition
+            config, spec, catalog, manifest if from_shards else None, done | kept, partition
         )
+    skipped -= len(kept - done)  # kept tracks were this run's, done before it was cut
+    labelled = sum(t.num_rows for t in storage.read_parquet_columns(
+        storage.list_files(partition, suffix=".parquet"), ["track_id"]
+    ))  # fmt: skip
     error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
     errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
     seconds = time.perf_counter() - start
@@ -183,6 +220,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         "tracks_in": tracks_in,
         "skipped": skipped,
         "labelled": labelled,
+        "continued": len(kept),  # tracks an interrupted attempt of this run had done
         "errors": errors,
         "seconds": round(seconds, 3),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -280,8 +318,10 @@ def _write_labels(
         # worker process for each file once the actors held every idle worker, its
         # 140 MiB heap coming and going beside them (bench/RESULTS.md). Each file is
         # written whole or not at all; the run record marks the partition complete.
+        first = len(storage.list_files(partition, suffix=".parquet"))  # a continued run's
         for i, batch in enumerate(
-            labels.iter_batches(batch_size=LABEL_FILE_ROWS, batch_format="pyarrow")
+            labels.iter_batches(batch_size=config.rows_per_file, batch_format="pyarrow"),
+            start=first,
         ):
             assert isinstance(batch, pa.Table)
             storage.write_parquet_atomic(batch, storage.join(partition, f"labels-{i:05d}.parquet"))

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +20,7 @@ from genreflow.formats.dataset import read_dataset_manifest, tokens_numpy
 from genreflow.ingest import IngestConfig
 from genreflow.pipelines.ingest import run_ingest
 from tests.audio_fixtures import write_audio, write_tone
+from tests.faults import GENREFLOW, kill_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -101,31 +97,9 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     out = tmp_path / "interrupted"
-    cmd = [
-        sys.executable,
-        "-m",
-        "genreflow.cli",
-        "ingest",
-        "--catalog",
-        str(manifest),
-        "--out",
-        str(out),
-        "shard_size=2",
-        "num_cpus=1",
-    ]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "shards").glob("part-*.parquet"))) >= 2:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    cmd = [*GENREFLOW, "ingest", "--catalog", str(manifest), "--out", str(out), "shard_size=2",
+           "num_cpus=1"]  # fmt: skip
+    kill_when(cmd, lambda: len(list((out / "shards").glob("part-*.parquet"))) >= 2)
     written = list((out / "shards").glob("part-*.parquet"))
     assert 1 <= len(written) < 8, "the run should have been killed part-way"
     assert not (out / "_dataset.json").exists()  # nothing claims to be finished

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from genreflow import checkpoint as ckpt
+from genreflow import cli
 from genreflow.config import load_config
 from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import tokens_numpy
@@ -24,6 +25,7 @@ from genreflow.label import LabelConfig, Labeller
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
 from tests.audio_fixtures import write_audio
+from tests.faults import GENREFLOW, kill_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -238,3 +240,34 @@ def test_a_new_model_version_relabels_everything(
     assert labels.groupby("model_version")["track_id"].nunique().to_dict() == {
         v: 6 for v in versions
     }
+
+
+def test_a_label_run_killed_mid_write_continues_keeping_its_finished_files(
+    trained_checkpoint: str, dataset: Path, labels: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the label command once its first files are written, then the same
+    command again: the same partition is finished, the killed run's files are kept as
+    they were, every track is labelled exactly once, and the rows are an uninterrupted
+    run's."""
+    out = tmp_path / "labels"
+    cmd = [
+        *GENREFLOW, "label", "--checkpoint", trained_checkpoint, "--input", str(dataset),
+        "--out", str(out), "rows_per_file=4", "batch_size=4",
+    ]  # fmt: skip
+    assert kill_when(cmd, lambda: len(list(out.glob("run-*/labels-*.parquet"))) >= 2)
+    (partition,) = out.glob("run-*")
+    assert not (partition / RUN_FILE).exists()  # nothing claims to be finished
+    before = {p.name: p.read_bytes() for p in sorted(partition.glob("labels-*.parquet"))}
+    assert cli.main(cmd[len(GENREFLOW) :]) == 0  # the same command again (in this process)
+    assert [p.name for p in out.glob("run-*")] == [partition.name]  # continued, not restarted
+    assert {name: (partition / name).read_bytes() for name in before} == before
+    record = json.loads((partition / RUN_FILE).read_text())
+    kept = sum(pq.read_metadata(partition / name).num_rows for name in before)
+    assert record["continued"] == kept > 0
+    got = read_labels(str(out)).set_index("track_id").sort_index()
+    clean = read_labels(str(labels)).set_index("track_id").sort_index()
+    assert got.index.is_unique and list(got.index) == list(clean.index)
+    assert (got["genre"] == clean["genre"]).all()
+    np.testing.assert_allclose(
+        np.stack(got["embedding"].to_numpy()), np.stack(clean["embedding"].to_numpy()), atol=1e-4
+    )
