@@ -77,6 +77,8 @@ class TrainConfig:
     folds: int = 0  # k-fold cross-validation over the training split; 0: off
     lyrics_min_count: int = 2
     lyrics_max_vocab: int = 20_000
+    lyrics_vectors: str | None = path_field("input", None)  # a word2vec text file (local or
+    # s3://) the lyrics model's word embeddings start from (paper 002); read by the driver
     address: str | None = None
     num_cpus: int | None = None  # CPUs of a local Ray
 
@@ -106,7 +108,7 @@ PROTOCOL_KEYS = (
     "data", "model", "preset", "model_overrides", "epochs", "batch_size", "optimizer", "lr",
     "weight_decay", "momentum", "class_weighting", "mood_loss_weight",
     "early_stopping_patience", "shuffle_buffer", "seed", "folds", "lyrics_min_count",
-    "lyrics_max_vocab",
+    "lyrics_max_vocab", "lyrics_vectors",
 )  # fmt: skip
 
 
@@ -372,6 +374,7 @@ class TrainingRecipe:
         words: list[str] | None = None,
         class_weights: list[float] | None = None,
         device: torch.device | None = None,
+        word_vectors: np.ndarray | None = None,
     ) -> None:
         self.config, self.spec, self.genres, self.moods = config, spec, genres, moods
         self.words = list(words) if words else None
@@ -385,6 +388,7 @@ class TrainingRecipe:
             preset=config.preset,
             overrides=config.model_overrides,
             vocab_size=len(self.words) if self.words else None,
+            word_vectors=word_vectors,  # a lyrics model's starting word embeddings
         )
         self.net: nn.Module = self.model
         self.optimizer = make_optimizer(self.model, config)

@@ -114,17 +114,6 @@ class GenreModel(nn.Module):
     ) -> ModelOutput:
         raise NotImplementedError
 
-    def check_targets(self, genre: Tensor, mood: Tensor | None = None) -> None:
-        """Raise :class:`ShapeError` when labels do not fit the heads (-1 = missing)."""
-        if genre.numel() and (int(genre.max()) >= self.n_genres or int(genre.min()) < -1):
-            raise ShapeError(
-                f"{self.name} has {self.n_genres} genre classes (0..{self.n_genres - 1}), got "
-                f"labels in [{int(genre.min())}, {int(genre.max())}]; the dataset's label "
-                "vocabulary and the model's n_genres differ"
-            )
-        if mood is not None and mood.numel() and int(mood.max()) >= self.n_moods:
-            raise ShapeError(f"{self.name} has {self.n_moods} mood classes, got {int(mood.max())}")
-
 
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
     """Softmax where ``mask`` is True; masked entries get exactly 0, and a row with no

@@ -8,12 +8,15 @@ word. Lyrics are untrusted: any text is accepted, and the output size is bounded
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from genreflow import storage
 
 PAD, UNK = 0, 1
 _SENTENCE = re.compile(r"[\n.!?;]+")
@@ -40,14 +43,25 @@ class LyricsVocab:
     def build(
         cls, texts: Iterable[str | None], *, min_count: int = 2, max_size: int = 20_000
     ) -> LyricsVocab:
-        """Most frequent words of ``texts`` (the training split's lyrics) first."""
+        """The vocabulary of ``texts`` (the training split's lyrics), in memory."""
         counts: Counter[str] = Counter()
         for text in texts:
-            if text:
+            if isinstance(text, str) and text:
                 for sentence in sentences(text):
                     counts.update(sentence)
-        kept = [w for w, n in counts.most_common() if n >= min_count][: max(0, max_size - 2)]
-        return cls(words=("<pad>", "<unk>", *sorted(kept, key=lambda w: (-counts[w], w))))
+        return cls.from_counts(counts, min_count=min_count, max_size=max_size)
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], *, min_count: int = 2, max_size: int = 20_000
+    ) -> LyricsVocab:
+        """Words seen at least ``min_count`` times, most frequent first (ties by word),
+        cut to ``max_size`` with the pad and unknown tokens: the one rule, whether the
+        counts come from a list in memory or a Ray pass over the shards."""
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
+        return cls(words=("<pad>", "<unk>", *kept[: max(0, max_size - 2)]))
 
     def __len__(self) -> int:
         return len(self.words)
@@ -88,7 +102,8 @@ class LyricsVocab:
 
 
 def load_word2vec_text(path: str, vocab: LyricsVocab, *, dim: int) -> tuple[np.ndarray, int]:
-    """Initial embeddings from a word2vec text file (``N D`` header, then ``word v1 .. vD``).
+    """Initial embeddings from a word2vec text file (``N D`` header, then ``word v1 .. vD``),
+    local or in object storage, streamed line by line.
 
     Returns ``([len(vocab), dim] float32, words found)``; words not in the file keep a
     small random vector, the pad row stays zero.
@@ -101,7 +116,11 @@ def load_word2vec_text(path: str, vocab: LyricsVocab, *, dim: int) -> tuple[np.n
     table[PAD] = 0
     lookup = vocab.index()
     found = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    fs, where = storage.resolve(path)
+    with (
+        fs.open_input_stream(where) as stream,
+        io.TextIOWrapper(stream, encoding="utf-8", errors="replace") as f,
+    ):
         header = f.readline().split()
         if len(header) == 2 and header[1].isdigit() and int(header[1]) != dim:
             raise ValueError(f"{path}: vectors have {header[1]} dimensions, the model uses {dim}")

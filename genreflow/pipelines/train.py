@@ -38,7 +38,7 @@ from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.formats.dataset import MOOD_CLASSES, mood_index, read_dataset_manifest, tokens_numpy
 from genreflow.models import model_class
-from genreflow.models.lyrics import LyricsVocab
+from genreflow.models.lyrics import LyricsVocab, load_word2vec_text
 from genreflow.ray_compat import health_check_interval
 from genreflow.runtime import (
     cluster_gpus,
@@ -118,6 +118,8 @@ def _check(config: TrainConfig) -> dict[str, Any]:
     genres = manifest["labels"]["genre"]
     spec = TokenSpec.from_dict(manifest["token_spec"])
     build_for_training(config, spec, len(genres), 2)  # bad presets/overrides fail here
+    if config.lyrics_vectors and not storage.exists(config.lyrics_vectors):
+        raise ConfigError(f"lyrics_vectors {config.lyrics_vectors!r} does not exist")
     if config.resume:
         latest = _latest_checkpoint(config)
         if latest is not None:
@@ -206,9 +208,32 @@ def build_lyrics_vocab(config: TrainConfig) -> LyricsVocab:
         batch_format="pandas", batch_size=None
     ):
         totals.update(dict(zip(part["word"], part["n"], strict=True)))
-    words = [w for w, n in totals.most_common() if n >= config.lyrics_min_count]
-    words = sorted(words, key=lambda w: (-totals[w], w))[: max(0, config.lyrics_max_vocab - 2)]
-    return LyricsVocab(("<pad>", "<unk>", *words))
+    return LyricsVocab.from_counts(
+        totals, min_count=config.lyrics_min_count, max_size=config.lyrics_max_vocab
+    )
+
+
+def word_vectors(
+    config: TrainConfig, manifest: dict[str, Any], vocab: LyricsVocab | None
+) -> np.ndarray | None:
+    """The lyrics model's starting word embeddings from ``config.lyrics_vectors`` (None:
+    random), read here on the driver and shipped to the workers with the run's data."""
+    if not config.lyrics_vectors or vocab is None:
+        return None
+    model = build_for_training(
+        config, TokenSpec.from_dict(manifest["token_spec"]), len(manifest["labels"]["genre"]),
+        len(vocab),
+    )  # fmt: skip
+    dim = int(model.hp["embed_dim"])
+    try:
+        table, found = load_word2vec_text(config.lyrics_vectors, vocab, dim=dim)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"lyrics_vectors {config.lyrics_vectors!r}: {exc}") from exc
+    log.info(
+        "lyrics vectors: %d of %d vocabulary words found in %s",
+        found, len(vocab) - 2, config.lyrics_vectors,
+    )  # fmt: skip
+    return table
 
 
 def _fit(
@@ -237,6 +262,7 @@ def _fit(
         "genres": genres,
         "moods": list(MOOD_CLASSES),
         "lyrics_vocab": list(vocab.words) if vocab else None,
+        "word_vectors": word_vectors(config, manifest, vocab),
         "class_weights": balanced_class_weights(counts, genres)
         if config.class_weighting == "balanced"
         else None,
@@ -681,6 +707,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         words=loop_config.get("lyrics_vocab"),
         class_weights=loop_config.get("class_weights"),
         device=device,
+        word_vectors=loop_config.get("word_vectors"),
     )
     resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
     if resumed is not None:

@@ -18,10 +18,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from genreflow import checkpoint as ckpt
 from genreflow.config import load_config
 from genreflow.formats.labels import read_labels
 from genreflow.ingest import IngestConfig
 from genreflow.label import LabelConfig
+from genreflow.models.lyrics import LyricsVocab
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
@@ -161,6 +163,10 @@ def test_the_multimodal_model_beats_its_audio_branch_when_lyrics_carry_the_genre
     audio_only = ingest(no_lyrics_catalog, tmp_path / "without")
     both = train(with_lyrics, tmp_path / "run-with", "multimodal_han")
     audio = train(audio_only, tmp_path / "run-without", "multimodal_han")
+    # the run's vocabulary (a Ray pass over the shards) is the in-memory rule's
+    shards = pq.read_table(with_lyrics / "shards", columns=["split", "lyrics"]).to_pandas()
+    expected = LyricsVocab.build(shards.loc[shards["split"] == "train", "lyrics"], min_count=1)
+    assert ckpt.load(both["best_checkpoint"])["lyrics_vocab"] == list(expected.words)
 
     def accuracy(metrics: dict[str, Any], data: Path) -> float:
         """Accuracy over the validation and test tracks (never trained on)."""
