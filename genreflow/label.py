@@ -210,6 +210,14 @@ class Labeller:
         # (bench/RESULTS.md); a GPU wants the whole batch.
         self.model_batch = model_batch or (8 if self.device.type == "cpu" else None)
 
+    def embed(self, tokens: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
+        """The L2-normalised signatures ``[n, dim]`` float32 of ``tokens`` ``[n, ...]``
+        (and, for a lyrics model, their lyrics): the ``embedding`` column of their label
+        rows, without the rest of the rows."""
+        if self.loaded.lyrics_vocab is not None and texts is None:
+            texts = [None] * len(tokens)
+        return self._forward(tokens, texts)[1]
+
     def _forward(
         self, tokens: np.ndarray, texts: list[str | None] | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -307,12 +307,5 @@ def embed_audio(uri: str, checkpoint: str, *, expected_version: str | None) -> n
             f"checkpoint {checkpoint!r} is model {labeller.loaded.version}, the index holds "
             f"signatures of model {expected_version}: their embeddings are not comparable"
         )
-    tokens, duration = decode_one(uri, labeller.loaded.spec)
-    table = labeller(
-        {
-            "track_id": np.array(["query"], dtype=object),
-            "tokens": tokens[None],
-            "duration_s": np.array([duration], dtype=np.float32),
-        }
-    )
-    return np.asarray(table.column("embedding")[0].as_py(), dtype=np.float32)
+    tokens, _ = decode_one(uri, labeller.loaded.spec)
+    return labeller.embed(tokens[None])[0]
