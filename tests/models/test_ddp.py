@@ -143,7 +143,7 @@ def test_two_worker_ddp_equals_averaged_gradients(ddp_runs: Path, name: str) -> 
     moved = 0.0
     for key, value in expected.items():
         torch.testing.assert_close(trained[key], value, rtol=1e-6, atol=1e-7, msg=key)
-        moved = max(moved, float((trained[key] - initial[key].detach()).abs().max()))
+        moved = max(moved, float((trained[key].detach() - initial[key].detach()).abs().max()))
     assert moved > 1e-3  # the steps trained the model
     if MODELS[name].uses_lyrics:  # the text branch learned from the batches with lyrics
         lyric = [k for k in expected if "lyric" in k or "word" in k or "sentence" in k]
