@@ -71,16 +71,8 @@ def task_based_parquet_reader() -> Iterator[None]:
     task-based reader reads footers where it reads the data and has its first block in
     0.5 s (bench/RESULTS.md). Stock: the default reader.
     """
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    before = context.use_datasource_v2
-    if not stock():
-        context.use_datasource_v2 = False
-    try:
+    with _data_context(use_datasource_v2=False):
         yield
-    finally:
-        context.use_datasource_v2 = before
 
 
 @contextlib.contextmanager
@@ -88,16 +80,25 @@ def single_operator_resources() -> Iterator[None]:
     """Ray Data without its per-operator resource reservation inside: for a dataset of
     one operator (ingest's decode tasks), Ray 2.60's reservation holds back about half
     of a small cluster's CPUs for operators that do not exist. Stock: reserved."""
+    with _data_context(op_resource_reservation_enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def _data_context(**settings: object) -> Iterator[None]:
+    """Ray Data's context with ``settings`` inside (unless :func:`stock`), restored after."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    before = context.op_resource_reservation_enabled
+    before = {name: getattr(context, name) for name in settings}
     if not stock():
-        context.op_resource_reservation_enabled = False
+        for name, value in settings.items():
+            setattr(context, name, value)
     try:
         yield
     finally:
-        context.op_resource_reservation_enabled = before
+        for name, value in before.items():
+            setattr(context, name, value)
 
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
