@@ -161,7 +161,10 @@ def main() -> None:
         seconds = {}
         before = 0  # the table accumulates in the version folder: count what each run adds
         for rows in (small, big):
-            ncfg = fidx.IndexConfig(neighbours=10, actors=1, cpus_per_actor=1.0, num_cpus=2)
+            ncfg = fidx.IndexConfig(
+                neighbours=10,
+                resources=fidx.IndexResources(actors=1, cpus_per_actor=1.0, num_cpus=2),
+            )
             t0 = time.perf_counter()
             written = _neighbours_table(
                 [str(files[rows])], version="bench", folder=folder, config=ncfg

@@ -101,7 +101,7 @@ def label_config(source: Path, checkpoint: str, out: Path, batch_size: int) -> L
     shutil.rmtree(out, ignore_errors=True)
     return load_config(
         LabelConfig,
-        overrides=[f"batch_size={batch_size}"],
+        overrides=[f"resources.batch_size={batch_size}"],
         checkpoint=checkpoint,
         input=str(source),
         out=str(out),

@@ -103,7 +103,7 @@ def ray_train(
                 f"epochs={epochs}",
                 f"batch_size={batch_size}",
                 "lr=0.003",
-                f"cpus_per_worker={cores}",
+                f"resources.cpus_per_worker={cores}",
                 "class_weighting=none",
                 *extra,
             ],

@@ -137,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     work = Path(args.out).expanduser().resolve()
     started = time.perf_counter()
-    local = [f"num_cpus={args.num_cpus}"] if args.num_cpus else []
+    local = [f"resources.num_cpus={args.num_cpus}"] if args.num_cpus else []
     train_config = train.load_config(
         overrides=[*local, f"epochs={args.epochs}", "lr=0.003", "resume=true"],
         values={"data": str(work / "dataset"), "out": str(work / "runs" / "signature_attention")},

@@ -25,6 +25,20 @@ T = TypeVar("T")
 PATH_METADATA = "genreflow_path"
 
 
+@dataclasses.dataclass(frozen=True)
+class RayResources:
+    """Where a job runs: the ``resources:`` section every Ray job's config has. A stage
+    adds its own knobs (workers, actors, GPUs) to it; each defaults to following the
+    cluster, so a config's top level says only what to do."""
+
+    address: str | None = None  # Ray address; None: RAY_ADDRESS or a local Ray
+    num_cpus: int | None = None  # CPUs of a local Ray; None: every core
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"resources.num_cpus must be >= 1 or null, got {self.num_cpus}")
+
+
 def path_field(role: PathRole, default: str | None = "") -> Any:
     """A config field holding a local path or URI that the job reads (``input``) or
     writes (``output``); a relative path is made absolute as the config is loaded."""
@@ -109,8 +123,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     for key, value in data.items():
         name = f"{where}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = _suggestion(cls, str(key), list(fields), where)
             raise ConfigError(
                 f"unknown config key {name!r} for {cls.__name__}{hint} "
                 f"(known keys: {', '.join(sorted(fields))})"
@@ -125,6 +138,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def _suggestion(cls: type, key: str, fields: list[str], where: str) -> str:
+    """``; did you mean ...?`` for an unknown key: a close name at this level, or the same
+    name in a nested section (``num_workers`` is ``resources.num_workers``)."""
+    hints = typing.get_type_hints(cls)
+    for name in fields:
+        nested = hints.get(name)
+        if (
+            isinstance(nested, type)
+            and dataclasses.is_dataclass(nested)
+            and key in {f.name for f in dataclasses.fields(nested) if f.init}
+        ):
+            return f"; did you mean {f'{where}{name}.{key}'!r}?"
+    close = difflib.get_close_matches(key, fields, n=1)
+    return f"; did you mean {f'{where}{close[0]}'!r}?" if close else ""
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:

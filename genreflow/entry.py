@@ -18,7 +18,9 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from genreflow import errors
 from genreflow.errors import GenreflowError
+from genreflow.ray_compat import task_error_text
 
 log = logging.getLogger("genreflow")
 
@@ -64,10 +66,41 @@ def run_stage(command: Callable[[], int], *, verbose: bool = False) -> int:
         _report(exc, verbose=verbose, expected=True)
         return code
     except Exception as exc:  # a failure genreflow did not foresee: still one line first
+        known = genreflow_cause(exc)  # or one genreflow foresaw, raised in a Ray task
+        if known is not None:
+            _report(known, verbose=verbose, expected=True)
+            return EXIT_FAILED if _started.get() else EXIT_NOTHING_RAN
         _report(exc, verbose=verbose, expected=False)
         return EXIT_FAILED
     finally:
         _started.reset(token)
+
+
+def genreflow_cause(exc: BaseException) -> GenreflowError | None:
+    """The genreflow error under ``exc``: a Ray task or actor's exception arrives wrapped
+    (``RayTaskError``, Ray Data's ``UserCodeException``), its own error as a cause."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, GenreflowError):
+            return current
+        for cause in (getattr(current, "cause", None), current.__cause__, current.__context__):
+            if isinstance(cause, BaseException):
+                pending.append(cause)
+    text = task_error_text(exc)  # Ray Data keeps only the text of a task's own error
+    if text is None:
+        return None
+    kind = getattr(errors, text[0], None)
+    try:
+        if isinstance(kind, type) and issubclass(kind, GenreflowError):
+            return kind(text[1])
+    except TypeError:  # an error with more fields than its message
+        pass
+    return GenreflowError(text[1])
 
 
 def _report(exc: BaseException, *, verbose: bool, expected: bool) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import faiss
 import numpy as np
 
-from genreflow.config import path_field
+from genreflow.config import RayResources, path_field
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
 from genreflow.formats.index import FORMAT, IDS_FILE, INDEX_FILE, NEIGHBOURS_DIR, set_search_param
 
@@ -52,6 +52,29 @@ IndexKind = Literal["flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
 
 
 @dataclass(frozen=True)
+class IndexResources(RayResources):
+    """Where the index is built and searched (``resources:`` in ``configs/index.yaml``);
+    none of these changes the index or its neighbours."""
+
+    device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: GPUs where there are (on a
+    # cluster: where it has or can start them), else the CPU; gpu: fail without one
+    gpus: int = 1  # on a cluster: GPUs the build task takes (each fills a range of the rows)
+    batch_size: int = 8_192  # vectors per add / search block
+    neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
+    # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
+    actors: int = 1  # neighbour-search actors, one index copy each
+    cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "actors", "gpus"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"resources.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """Settings of one index build (``configs/index.yaml``)."""
 
@@ -67,22 +90,13 @@ class IndexConfig:
     train_size: int = 100_000  # sampled vectors to train on (at least 39 per list)
     tune_queries: int = 1_000  # held-out queries for measuring recall@10
     recall_target: float = 0.95
-    batch_size: int = 8_192  # vectors per add / search block
-    device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: GPUs where there are (on a
-    # cluster: where it has or can start them), else the CPU; gpu: fail without one
-    gpus: int = 1  # on a cluster: GPUs the build task takes (each fills a range of the rows)
     neighbours: int = 10  # neighbours per track in the table; 0: no table
-    neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
-    # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
-    actors: int = 1  # neighbour-search actors, one index copy each
-    cpus_per_actor: float = 1.0
     keep_versions: int = 2  # published versions kept (readers of the last one finish)
     seed: int = 0
-    address: str | None = None
-    num_cpus: int | None = None
+    resources: IndexResources = field(default_factory=IndexResources)
 
     def __post_init__(self) -> None:
-        for name in ("exact_below", "train_size", "tune_queries", "batch_size", "actors", "gpus"):
+        for name in ("exact_below", "train_size", "tune_queries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_versions < 1 or self.neighbours < 0 or self.nlist < 0 or self.pq_m < 0:
@@ -107,8 +121,9 @@ def select_gpus(requested: str, available: int) -> int:
     if requested == "gpu":
         if available < 1:
             raise ConfigError(
-                "device=gpu but FAISS sees no GPU (faiss.get_num_gpus() == 0; is faiss-gpu "
-                "installed and a CUDA device visible?). Use device=auto to fall back to the CPU."
+                "resources.device=gpu but FAISS sees no GPU (faiss.get_num_gpus() == 0; is "
+                "faiss-gpu installed and a CUDA device visible?). Use resources.device=auto to "
+                "fall back to the CPU."
             )
         return available
     raise ConfigError(f"device must be auto, gpu or cpu, got {requested!r}")

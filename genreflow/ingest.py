@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from genreflow import __version__, storage
 from genreflow.catalog import Catalog
-from genreflow.config import path_field
+from genreflow.config import RayResources, path_field
 from genreflow.decode import decode_tokens, error_row, error_table
 from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import (
@@ -71,8 +71,7 @@ class IngestConfig:
     max_error_rate: float = 0.2  # above it the run exits non-zero (after writing)
     retry_errors: bool = False  # retry tracks a previous run recorded as errors
     limit: int | None = None  # ingest only the first N catalog tracks
-    address: str | None = None  # Ray address; none: RAY_ADDRESS or a local Ray
-    num_cpus: int | None = None  # CPUs of a local Ray
+    resources: RayResources = field(default_factory=RayResources)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:

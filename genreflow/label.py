@@ -12,7 +12,7 @@ signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where k
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ import torch
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
-from genreflow.config import path_field
+from genreflow.config import RayResources, path_field
 from genreflow.decode import decode_tokens, error_table
 from genreflow.errors import ConfigError
 from genreflow.formats.dataset import shard_name
@@ -31,6 +31,59 @@ from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA
 from genreflow.models.base import inference_model
 from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
+
+
+@dataclass(frozen=True)
+class LabelResources(RayResources):
+    """Where and how wide a run labels (``resources:`` in ``configs/label.yaml``); none of
+    these changes a label row."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # actors without GPUs use the CPU
+    actors: int | None = None  # model actors (one model copy each); None: see plan_actors
+    gpus_per_actor: float | Literal["auto"] = "auto"  # auto: 1 where the cluster has GPUs
+    # or its autoscaler can start them, else 0 (CPU actors); a fraction shares a GPU
+    cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
+    torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
+    batch_size: int = 32  # tracks per call of a model actor (one output block each)
+    model_batch: int | None = None  # tracks per forward pass within a call; None: 8 on
+    # CPU, where a few tracks' activations stay in cache and the actor's heap stays
+    # small, the whole call's batch on a GPU
+    read_cpus: float = 0.25  # CPUs reserved per shard reader
+    read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
+    shard_size: int = 32  # raw audio: tracks per decode task
+    inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
+    # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
+    block_mb: float = 16.0  # target size of the blocks streaming to the model actors
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "model_batch", "actors", "shard_size", "read_tasks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"resources.{name} must be >= 1, got {value}")
+        if self.gpus_per_actor != "auto" and self.gpus_per_actor < 0:
+            raise ConfigError(
+                f"resources.gpus_per_actor must be >= 0 or auto, got {self.gpus_per_actor}"
+            )
+        for name in ("cpus_per_actor", "read_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"resources.{name} must be > 0, got {value}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(
+                f"resources.torch_threads must be >= 1 (or null), got {self.torch_threads}"
+            )
+        if self.block_mb <= 0:
+            raise ConfigError(f"resources.block_mb must be > 0, got {self.block_mb}")
+        if self.inflight_gb is not None and self.inflight_gb <= 0:
+            raise ConfigError(
+                f"resources.inflight_gb must be > 0 (or null), got {self.inflight_gb}"
+            )
+
+    @property
+    def gpu_share(self) -> float:
+        """GPUs per actor as a number (``auto`` not yet resolved: 0, CPU actors)."""
+        return 0.0 if self.gpus_per_actor == "auto" else float(self.gpus_per_actor)
 
 
 @dataclass(frozen=True)
@@ -42,75 +95,32 @@ class LabelConfig:
     out: str = path_field("output")  # labels folder: one partition per run
     top_k: int = 3
     moments: int = 3  # signature moments per track
-    batch_size: int = 32  # tracks per call of a model actor (one output block each)
-    model_batch: int | None = None  # tracks per forward pass within a call; None: 8 on
-    # CPU, where a few tracks' activations stay in cache and the actor's heap stays
-    # small, the whole call's batch on a GPU
-    actors: int | None = None  # model actors (one model copy each); None: see plan_actors
-    gpus_per_actor: float | Literal["auto"] = "auto"  # auto: 1 where the cluster has GPUs
-    # or its autoscaler can start them, else 0 (CPU actors); a fraction shares a GPU
-    cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
-    read_cpus: float = 0.25  # CPUs reserved per shard reader
-    read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
-    torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
     incremental: bool = False  # skip tracks this model version already labelled
     rows_per_file: int = LABEL_FILE_ROWS  # label rows per output file, each written whole;
     # an interrupted run keeps its finished files and the next run continues it
-    shard_size: int = 32  # raw audio: tracks per decode task
-    inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
-    # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
-    block_mb: float = 16.0  # target size of the blocks streaming to the model actors
     min_duration_s: float = 1.0
     allow_silent: bool = False
     max_error_rate: float = 0.2
     audio_root: str | None = path_field("input", None)
     audio_dir: str | None = path_field("input", None)
     fma_subset: str = "medium"
-    address: str | None = None
-    num_cpus: int | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resources: LabelResources = field(default_factory=LabelResources)
 
     def __post_init__(self) -> None:
-        for name in (
-            "top_k",
-            "moments",
-            "batch_size",
-            "model_batch",
-            "actors",
-            "shard_size",
-            "read_tasks",
-            "rows_per_file",
-        ):
+        for name in ("top_k", "moments", "rows_per_file"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.gpus_per_actor != "auto" and self.gpus_per_actor < 0:
-            raise ConfigError(f"gpus_per_actor must be >= 0 or auto, got {self.gpus_per_actor}")
-
-        for name in ("cpus_per_actor", "read_cpus"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(f"torch_threads must be >= 1 (or null), got {self.torch_threads}")
-        if self.block_mb <= 0:
-            raise ConfigError(f"block_mb must be > 0, got {self.block_mb}")
-        if self.inflight_gb is not None and self.inflight_gb <= 0:
-            raise ConfigError(f"inflight_gb must be > 0 (or null), got {self.inflight_gb}")
-
-    @property
-    def gpu_share(self) -> float:
-        """GPUs per actor as a number (``auto`` not yet resolved: 0, CPU actors)."""
-        return 0.0 if self.gpus_per_actor == "auto" else float(self.gpus_per_actor)
 
 
 def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None) -> LabelConfig:
     """``gpus_per_actor=auto`` made a number for this cluster: one GPU per actor where it
     has GPUs or its autoscaler can start them (``possible``), else CPU actors."""
-    if config.gpus_per_actor != "auto":
+    if config.resources.gpus_per_actor != "auto":
         return config
     on_gpus = wants_gpus("auto", present=present, possible=possible, what="labelling")
-    return dataclasses.replace(config, gpus_per_actor=1.0 if on_gpus else 0.0)
+    resources = dataclasses.replace(config.resources, gpus_per_actor=1.0 if on_gpus else 0.0)
+    return dataclasses.replace(config, resources=resources)
 
 
 def plan_actors(
@@ -127,12 +137,12 @@ def plan_actors(
     CPU to the reads. From raw audio, decoding costs about ten times the model per
     track, so one actor per ten CPUs.
     """
-    if config.gpu_share > 0:
-        actors = config.actors or max(1, int(cluster_gpus / config.gpu_share))
-        return actors, config.cpus_per_actor or 1.0
-    cpus = config.cpus_per_actor or 0.5
-    if config.actors is not None:
-        return config.actors, cpus
+    if config.resources.gpu_share > 0:
+        actors = config.resources.actors or max(1, int(cluster_gpus / config.resources.gpu_share))
+        return actors, config.resources.cpus_per_actor or 1.0
+    cpus = config.resources.cpus_per_actor or 0.5
+    if config.resources.actors is not None:
+        return config.resources.actors, cpus
     if from_shards:
         return max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus))), cpus
     return max(1, round(cluster_cpus / 10)), cpus
@@ -148,9 +158,9 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
     the model actors need to start: on 2 cores the actors' first call came 22 s into a
     run instead of 13 s (bench/RESULTS.md).
     """
-    if config.read_tasks is not None:
-        return config.read_tasks
-    if config.gpu_share > 0:
+    if config.resources.read_tasks is not None:
+        return config.resources.read_tasks
+    if config.resources.gpu_share > 0:
         return 2 * actors
     return max(1, actors // 2)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -145,3 +146,19 @@ def max_cluster_resources() -> dict[str, float] | None:
     if not found:
         return None
     return {str(k): float(v) for k, v in found.items()}
+
+
+# Ray 2.60, Ray Data: an exception raised in a map function reaches the driver as
+# RayTaskError(UserCodeException) whose cause is Ray Data's UserCodeException alone; the
+# function's own exception (a StorageError naming the path that could not be written)
+# survives only as text in the error's traceback. genreflow reports its own errors as
+# one line and an exit code, so it reads the innermost one back from that text. Not
+# switched off by GENREFLOW_RAY_STOCK: without it the message is Ray's wrapper line.
+TASK_ERROR_LINE = re.compile(r"^genreflow\.errors\.(\w+): (.+)$", re.M)
+
+
+def task_error_text(exc: BaseException) -> tuple[str, str] | None:
+    """The class name and message of the genreflow error a Ray task raised under
+    ``exc``, read from Ray's traceback text; None if there is none."""
+    found = TASK_ERROR_LINE.findall(str(exc))
+    return found[0] if found else None

@@ -291,7 +291,7 @@ def check_actor_fit(
     if gpus_wanted > gpus:
         message = (
             f"{what}: {actors} actor(s) x {gpus_per_actor:g} GPUs = {gpus_wanted:g} GPUs, and "
-            f"the cluster has {gpus:g}; set gpus_per_actor=0 to run the model on CPUs"
+            f"the cluster has {gpus:g}; set resources.gpus_per_actor=0 to run the model on CPUs"
         )
         if address or os.environ.get("RAY_ADDRESS"):
             log.warning("%s (unless the cluster scales up)", message)

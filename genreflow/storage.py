@@ -31,9 +31,28 @@ def is_remote(uri: str) -> bool:
     return len(scheme) > 1 and scheme != "file"
 
 
+S3_ATTEMPTS_ENV = "GENREFLOW_S3_ATTEMPTS"
+S3_ATTEMPTS = 8  # per request: the AWS SDK's standard retries, exponential backoff with jitter
+S3_CONNECT_TIMEOUT_S = 10.0
+
+
+def _s3_attempts() -> int:
+    raw = os.environ.get(S3_ATTEMPTS_ENV, "")
+    try:
+        return max(1, int(raw)) if raw else S3_ATTEMPTS
+    except ValueError:
+        raise StorageError(f"{S3_ATTEMPTS_ENV}={raw!r} is not a whole number") from None
+
+
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {}
+def _s3_filesystem(endpoint: str | None, region: str | None, attempts: int) -> pafs.S3FileSystem:
+    """An S3 filesystem whose every request is retried ``attempts`` times with backoff (a
+    node's endpoint blinking during a nightly job), and that fails after that: a write
+    that never completes leaves no object, so nothing half-written is ever published."""
+    kwargs: dict[str, Any] = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        "connect_timeout": S3_CONNECT_TIMEOUT_S,
+    }
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -52,6 +71,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         fs = _s3_filesystem(
             os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
             os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            _s3_attempts(),
         )
         return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme == "file":
@@ -78,6 +98,11 @@ def _hint(exc: OSError) -> str:
         return (
             " (access denied: check the credentials in the environment or the instance "
             "role, and their permissions on this bucket)"
+        )
+    if any(s in text for s in ("NETWORK_CONNECTION", "Couldn't connect", "Connection refused")):
+        return (
+            f" (the storage endpoint did not answer after {_s3_attempts()} attempts with "
+            f"backoff; check it and AWS_ENDPOINT_URL, or raise {S3_ATTEMPTS_ENV})"
         )
     return ""
 

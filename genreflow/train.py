@@ -7,10 +7,11 @@ the same on one CPU or many GPUs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
-from genreflow.config import path_field
+from genreflow.config import RayResources, path_field
 from genreflow.errors import ConfigError
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
@@ -29,6 +30,47 @@ from genreflow.tokens import TokenSpec
 
 TENSOR_COLUMNS = ["tokens", "genre_idx", "mood_idx"]
 LYRICS_COLUMN = "lyrics_ids"
+
+
+@dataclass(frozen=True)
+class TrainResources(RayResources):
+    """Where and on what a run trains (``resources:`` in ``configs/train.yaml``)."""
+
+    num_workers: int = 1  # Ray Train workers (DDP over gloo on CPUs, NCCL on GPUs)
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: one GPU per worker where the cluster
+    # has GPUs or its autoscaler can start them, else CPUs
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker; torch threads = max(1, floor)
+    resource_wait_s: float = 900.0  # on a cluster: how long to wait for the workers'
+    # CPUs/GPUs while the autoscaler adds nodes; a local Ray refuses a shortfall at once
+    max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
+    prefetch_batches: int | None = None  # batches prepared ahead in a background thread;
+    # None: 1 on GPUs (the CPU is idle meanwhile), 0 on CPUs, where a background thread
+    # would take cores from the step's torch threads
+    cache: Literal["auto", "always", "never"] = "auto"  # hold prepared splits in the object
+    # store between epochs; auto: when they take under a quarter of it, else stream each epoch
+    worker_niceness: int | None = 0  # added to the training workers' nice value. Ray adds
+    # 15 to its workers', which puts them below its own services and any ordinary process;
+    # a training worker does the run's work, so by default it keeps an ordinary share.
+    # None: Ray's 15
+    health_check_s: float = 0.5  # how often Ray Train's controller polls its workers; each
+    # start, end and failure waits for a poll (Ray's own default, 2 s, adds seconds a run)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_workers < 1:
+            raise ConfigError(f"resources.num_workers must be >= 1, got {self.num_workers}")
+        if self.health_check_s <= 0:
+            raise ConfigError(f"resources.health_check_s must be > 0, got {self.health_check_s}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"resources.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.prefetch_batches is not None and self.prefetch_batches < 0:
+            raise ConfigError(
+                f"resources.prefetch_batches must be >= 0, got {self.prefetch_batches}"
+            )
+        if self.worker_niceness is not None and not 0 <= self.worker_niceness <= 19:
+            raise ConfigError(
+                f"resources.worker_niceness must be 0-19 or null, got {self.worker_niceness}"
+            )
 
 
 @dataclass(frozen=True)
@@ -50,28 +92,13 @@ class TrainConfig:
     mood_loss_weight: float = 1.0
     early_stopping_patience: int = 0  # epochs without a better val macro-F1; 0: off
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
-    prefetch_batches: int | None = None  # batches prepared ahead in a background thread;
-    # None: 1 on GPUs (the CPU is idle meanwhile), 0 on CPUs, where a background thread
-    # would take cores from the step's torch threads
-    cache: Literal["auto", "always", "never"] = "auto"  # hold prepared splits in the object
-    # store between epochs; auto: when they take under a quarter of it, else stream each epoch
     seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool | Literal["auto"] = "auto"  # auto: one GPU per worker where the cluster
-    # has GPUs or its autoscaler can start them, else CPUs
-    cpus_per_worker: float = 1.0  # CPUs reserved per worker; torch threads = max(1, floor)
+    deterministic: bool = False  # torch's deterministic algorithms: a rerun, or a run
+    # resumed after a crash, ends with the same weights to the bit on one worker (slower
+    # on GPUs; an operation without a deterministic kernel then fails instead)
     mixed_precision: bool | Literal["auto", "bf16", "fp16"] = "auto"  # auto (true): bf16 on
     # GPUs that support it, fp16 with a grad scaler on older ones, none on CPUs; false: fp32
     channels_last: bool = True  # conv layout; 1.2-1.8x faster on CPU (bench/RESULTS.md)
-    max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
-    health_check_s: float = 0.5  # how often Ray Train's controller polls its workers; each
-    # start, end and failure waits for a poll (Ray's own default, 2 s, adds seconds a run)
-    worker_niceness: int | None = 0  # added to the training workers' nice value. Ray adds
-    # 15 to its workers', which puts them below its own services and any ordinary process;
-    # a training worker does the run's work, so by default it keeps an ordinary share.
-    # None: Ray's 15
-    resource_wait_s: float = 900.0  # on a cluster: how long to wait for the workers'
-    # CPUs/GPUs while the autoscaler adds nodes; a local Ray refuses a shortfall at once
     storage_path: str | None = path_field("output", None)  # checkpoints; default <out>/checkpoints
     resume: bool = False  # continue the run in `out` from its latest checkpoint
     folds: int = 0  # k-fold cross-validation over the training split; 0: off
@@ -79,25 +106,80 @@ class TrainConfig:
     lyrics_max_vocab: int = 20_000
     lyrics_vectors: str | None = path_field("input", None)  # a word2vec text file (local or
     # s3://) the lyrics model's word embeddings start from (paper 002); read by the driver
-    address: str | None = None
-    num_cpus: int | None = None  # CPUs of a local Ray
+    resources: TrainResources = field(default_factory=TrainResources)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "num_workers"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.health_check_s <= 0:
-            raise ConfigError(f"health_check_s must be > 0, got {self.health_check_s}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.prefetch_batches is not None and self.prefetch_batches < 0:
-            raise ConfigError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
-        if self.worker_niceness is not None and not 0 <= self.worker_niceness <= 19:
-            raise ConfigError(f"worker_niceness must be 0-19 or null, got {self.worker_niceness}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"folds must be 0 (off) or >= 2, got {self.folds}")
+
+
+# --- which rows train, validate and test ---------------------------------------------------
+
+
+def fold_of(key: str, folds: int) -> int:
+    """A stable fold for an artist (or a track without one), the same on every machine."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % folds
+
+
+def _fold_key(artist_id: Any, track_id: Any) -> str:
+    missing = artist_id is None or (isinstance(artist_id, float) and math.isnan(artist_id))
+    return str(track_id) if missing else str(artist_id)
+
+
+@dataclass(frozen=True)
+class Part:
+    """The shard rows one dataset of a run holds: the rows of ``split``; under
+    cross-validation only those whose artist is (``held_out``) or is not in fold ``fold``
+    of ``folds``, so an artist never trains and validates in one fold. This is training's
+    one splitting rule: however the datasets are built (on the driver, streamed or
+    materialized by Ray Data), rows are chosen by :meth:`mask`."""
+
+    split: str
+    fold: int | None = None
+    folds: int = 0
+    held_out: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        """The shard columns :meth:`mask` reads."""
+        return ["split", *(["track_id", "artist_id"] if self.fold is not None else [])]
+
+    def mask(
+        self,
+        split: Sequence[Any],
+        track_id: Sequence[Any] = (),
+        artist_id: Sequence[Any] = (),
+    ) -> np.ndarray:
+        """Which of the rows with these column values belong to this part."""
+        keep = np.asarray(split, dtype=object) == self.split
+        if self.fold is None:
+            return keep
+        in_fold = np.fromiter(
+            (
+                fold_of(_fold_key(a, t), self.folds) == self.fold
+                for a, t in zip(artist_id, track_id, strict=True)
+            ),
+            dtype=bool,
+            count=len(keep),
+        )
+        return keep & (in_fold == self.held_out)
+
+
+RUN_PARTS = {"train": Part("train"), "val": Part("val"), "test": Part("test")}
+
+
+def fold_parts(fold: int, folds: int) -> dict[str, Part]:
+    """Cross-validation fold ``fold``: it validates on its artists and trains on the rest
+    of the training split."""
+    return {
+        "train": Part("train", fold=fold, folds=folds, held_out=False),
+        "val": Part("train", fold=fold, folds=folds, held_out=True),
+    }
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -283,8 +365,8 @@ def prefetch_batches(config: TrainConfig, device: torch.device) -> int:
     free while the device computes, so one batch ahead hides the data work; on a CPU
     worker a background thread takes cores from the step's torch threads, whose
     parallel regions then wait for the slowest thread, so batches are made in line."""
-    if config.prefetch_batches is not None:
-        return config.prefetch_batches
+    if config.resources.prefetch_batches is not None:
+        return config.resources.prefetch_batches
     return 1 if device.type == "cuda" else 0
 
 
@@ -380,6 +462,7 @@ class TrainingRecipe:
         self.words = list(words) if words else None
         self.device = device or torch.device("cpu")
         torch.manual_seed(config.seed)
+        torch.use_deterministic_algorithms(config.deterministic)
         self.model: GenreModel = build_model(
             config.model,
             spec,

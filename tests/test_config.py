@@ -66,9 +66,20 @@ def test_bad_values_are_config_errors(override: str, match: str) -> None:
 
 @pytest.mark.parametrize("value", ["-1", "20"])
 def test_worker_niceness_is_an_unprivileged_increment(value: str) -> None:
-    with pytest.raises(ConfigError, match="worker_niceness must be 0-19 or null"):
-        load_config(TrainConfig, overrides=[f"worker_niceness={value}"])
-    assert load_config(TrainConfig, overrides=["worker_niceness=null"]).worker_niceness is None
+    with pytest.raises(ConfigError, match=r"resources\.worker_niceness must be 0-19 or null"):
+        load_config(TrainConfig, overrides=[f"resources.worker_niceness={value}"])
+    config = load_config(TrainConfig, overrides=["resources.worker_niceness=null"])
+    assert config.resources.worker_niceness is None
+
+
+def test_a_resource_key_at_the_top_level_names_its_section() -> None:
+    """Resources moved under ``resources:``; a user typing the old key is told where."""
+    with pytest.raises(ConfigError, match=r"did you mean 'resources\.num_workers'"):
+        load_config(TrainConfig, overrides=["num_workers=2"])
+    with pytest.raises(ConfigError, match=r"did you mean 'train\.resources\.use_gpu'"):
+        load_config(CompareConfig, overrides=["train.use_gpu=true"])
+    config = load_config(TrainConfig, overrides=["resources.num_workers=2", "epochs=3"])
+    assert (config.resources.num_workers, config.epochs) == (2, 3)
 
 
 def test_a_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:

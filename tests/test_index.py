@@ -137,7 +137,7 @@ def test_gpu_selection() -> None:
     with pytest.raises(ConfigError, match="device"):
         from genreflow.config import load_config
 
-        load_config(fidx.IndexConfig, overrides=["device=sometimes"])
+        load_config(fidx.IndexConfig, overrides=["resources.device=sometimes"])
 
 
 def test_cpu_builds_never_touch_the_gpu_api(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,7 +187,7 @@ def test_the_gpu_branch_trains_once_fills_every_gpu_and_returns_a_cpu_index(
     if not have_gpu:
         monkeypatch.setattr(fidx, "_gpu_placement", _recording_placement(calls))
     x = clustered(3_000, 16, clusters=8, seed=4)
-    config = fidx.IndexConfig(index_type="ivf", tune_queries=100, device="auto")
+    config = fidx.IndexConfig(index_type="ivf", tune_queries=100)
     gpus = 2 if not have_gpu else fidx.select_gpus("auto", fidx.faiss_gpus())
     on_gpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=gpus)
     on_cpu = fidx.build_index(blocks_of(x, 1_000), config=config, gpus=0)

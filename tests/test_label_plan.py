@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from genreflow.errors import ConfigError
-from genreflow.label import LabelConfig, plan_actors, plan_reads, resolve_gpus
+from genreflow.label import LabelConfig, LabelResources, plan_actors, plan_reads, resolve_gpus
 
 
 def plan(cpus: float, gpus: float = 0.0, *, shards: bool = True, **settings: object) -> tuple:
-    config = LabelConfig(**settings)  # type: ignore[arg-type]
+    config = LabelConfig(resources=LabelResources(**settings))  # type: ignore[arg-type]
     return plan_actors(config, cluster_cpus=cpus, cluster_gpus=gpus, from_shards=shards)
+
+
+def gpu_config(share: float) -> LabelConfig:
+    return LabelConfig(resources=LabelResources(gpus_per_actor=share))
 
 
 def test_cpu_actors_are_single_threaded_halves_leaving_a_cpu_to_the_reads() -> None:
@@ -43,8 +47,10 @@ def test_reads_follow_the_actors_they_feed() -> None:
     assert plan_reads(LabelConfig(), actors=2) == 1  # a read outpaces two CPU actors
     assert plan_reads(LabelConfig(), actors=1) == 1
     assert plan_reads(LabelConfig(), actors=15) == 7
-    assert plan_reads(LabelConfig(gpus_per_actor=1.0), actors=4) == 8  # GPUs eat faster
-    assert plan_reads(LabelConfig(read_tasks=3), actors=2) == 3
+    assert (
+        plan_reads(LabelConfig(resources=LabelResources(gpus_per_actor=1.0)), actors=4) == 8
+    )  # GPUs eat faster
+    assert plan_reads(LabelConfig(resources=LabelResources(read_tasks=3)), actors=2) == 3
 
 
 @pytest.mark.parametrize(
@@ -59,7 +65,7 @@ def test_reads_follow_the_actors_they_feed() -> None:
 )
 def test_bad_pool_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=next(iter(settings))):
-        LabelConfig(**settings)  # type: ignore[arg-type]
+        LabelResources(**settings)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -70,13 +76,11 @@ def test_auto_gives_each_actor_a_gpu_where_the_cluster_has_or_can_start_one(
     present: float, possible: float | None, expected: float
 ) -> None:
     resolved = resolve_gpus(LabelConfig(), present=present, possible=possible)
-    assert resolved.gpus_per_actor == expected
-    assert (
-        resolve_gpus(LabelConfig(gpus_per_actor=0.5), present=0.0, possible=None).gpu_share == 0.5
-    )
-    assert resolve_gpus(LabelConfig(gpus_per_actor=0), present=4.0, possible=4.0).gpu_share == 0.0
+    assert resolved.resources.gpus_per_actor == expected
+    assert resolve_gpus(gpu_config(0.5), present=0.0, possible=None).resources.gpu_share == 0.5
+    assert resolve_gpus(gpu_config(0), present=4.0, possible=4.0).resources.gpu_share == 0.0
 
 
 def test_an_unresolved_auto_plans_cpu_actors() -> None:
-    assert LabelConfig().gpus_per_actor == "auto"
+    assert LabelConfig().resources.gpus_per_actor == "auto"
     assert plan(8) == (8, 0.5) and plan_reads(LabelConfig(), actors=2) == 1

@@ -11,6 +11,8 @@ import pytest
 import ray.data
 
 from genreflow import ray_compat
+from genreflow.entry import EXIT_FAILED, genreflow_cause, mark_started, run_stage
+from genreflow.errors import ConfigError, GenreflowError, StorageError
 
 
 def test_workarounds_change_ray_inside_and_restore_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +62,35 @@ def test_the_controller_poll_is_set_for_the_fit_unless_the_environment_sets_it(
     with ray_compat.health_check_interval(0.5):
         assert os.environ[env] == "3"
     assert os.environ[env] == "3"
+
+
+def test_a_task_error_is_reported_as_the_genreflow_error_inside_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ray Data delivers a map function's exception as text inside its own wrapper; the
+    stage still fails with genreflow's one line (and its exit code), not Ray's."""
+    ray_text = (
+        "ray::MapBatches(ingest_shard)() (pid=1, ip=10.0.0.1)\n"
+        '  File "genreflow/storage.py", line 180, in write_bytes_atomic\n'
+        "genreflow.errors.StorageError: cannot write 's3://b/x/shards/a.parquet': AWS Error "
+        "NETWORK_CONNECTION (the storage endpoint did not answer after 3 attempts)\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+    )
+    cause = genreflow_cause(RuntimeError(ray_text))
+    assert isinstance(cause, StorageError) and str(cause).startswith("cannot write 's3://b/x/")
+    audio = genreflow_cause(RuntimeError("genreflow.errors.AudioError: file is empty"))
+    assert type(audio) is GenreflowError and str(audio) == "file is empty"
+    assert genreflow_cause(RuntimeError("ValueError: not ours")) is None
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = ConfigError("inner")
+    assert genreflow_cause(wrapped) is wrapped.__cause__
+
+    def fails() -> int:
+        mark_started()
+        raise RuntimeError(ray_text)
+
+    with caplog.at_level(logging.ERROR):
+        assert run_stage(fails) == EXIT_FAILED
+    assert "cannot write 's3://b/x/shards/a.parquet'" in caplog.text
+    assert "UserCodeException" not in caplog.text

@@ -13,6 +13,7 @@ from genreflow.errors import ConfigError
 from genreflow.models.base import ModelOutput
 from genreflow.train import (
     TrainConfig,
+    TrainResources,
     balanced_class_weights,
     batch_loss,
     classification_metrics,
@@ -89,9 +90,14 @@ def test_batches_are_made_in_line_on_cpu_and_ahead_on_gpu() -> None:
     default = TrainConfig()
     assert prefetch_batches(default, torch.device("cpu")) == 0
     assert prefetch_batches(default, torch.device("cuda")) == 1
-    assert prefetch_batches(TrainConfig(prefetch_batches=3), torch.device("cpu")) == 3
-    with pytest.raises(ConfigError, match="prefetch_batches must be >= 0"):
-        load_config(TrainConfig, overrides=["prefetch_batches=-1"])
+    assert (
+        prefetch_batches(
+            TrainConfig(resources=TrainResources(prefetch_batches=3)), torch.device("cpu")
+        )
+        == 3
+    )
+    with pytest.raises(ConfigError, match=r"resources\.prefetch_batches must be >= 0"):
+        load_config(TrainConfig, overrides=["resources.prefetch_batches=-1"])
 
 
 def test_cpu_batches_arrive_as_float32_and_gpu_batches_as_sent() -> None:

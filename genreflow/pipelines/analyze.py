@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from genreflow import analysis, storage
+from genreflow import analysis, faultpoints, storage
 from genreflow.analysis import AnalyzeConfig
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
@@ -152,6 +152,7 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     storage.write_json_atomic(storage.join(config.out, DATA_FILE), data)
+    faultpoints.reached("analyze:before-report")
     report = storage.join(config.out, REPORT_FILE)
     storage.write_bytes_atomic(report, render_html(data, names).encode("utf-8"))
     return AnalyzeResult(

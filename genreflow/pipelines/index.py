@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genreflow import faultpoints, storage
 from genreflow import index as fidx
-from genreflow import storage
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.formats import index as findex
@@ -127,11 +127,13 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
         info = ray.get(build.remote(request))
     else:
         info = build_version(**request)
+    faultpoints.reached("index:version-written")
     rows = 0
-    if config.neighbours and int(info["count"]) < config.neighbours_local_below:
+    if config.neighbours and int(info["count"]) < config.resources.neighbours_local_below:
         rows = _neighbours_in_process(files, version=version, folder=folder, config=config)
     elif config.neighbours:
         rows = _neighbours_table(files, version=version, folder=folder, config=config)
+    faultpoints.reached("index:before-publish")
     findex.publish(config.out, name, info, keep=config.keep_versions)
     return IndexResult(
         out=config.out,
@@ -148,19 +150,23 @@ def _build_task_gpus(config: fidx.IndexConfig) -> int:
     Raises:
         ConfigError: ``device=gpu`` where no GPU is or can be had.
     """
-    if config.device == "cpu" or not (config.address or os.environ.get("RAY_ADDRESS")):
-        fidx.select_gpus(config.device, fidx.faiss_gpus())  # device=gpu without one: refused
+    if config.resources.device == "cpu" or not (
+        config.resources.address or os.environ.get("RAY_ADDRESS")
+    ):
+        fidx.select_gpus(
+            config.resources.device, fidx.faiss_gpus()
+        )  # device=gpu without one: refused
         return 0
-    init_ray(config.address, num_cpus=config.num_cpus)
+    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     present, possible = cluster_gpus()
-    if config.device == "gpu" and not (present or possible):
+    if config.resources.device == "gpu" and not (present or possible):
         raise ConfigError(
-            "device=gpu but this cluster has no GPU and its autoscaler can start none; "
-            "use device=auto to build on the CPU"
+            "resources.device=gpu but this cluster has no GPU and its autoscaler can start none; "
+            "use resources.device=auto to build on the CPU"
         )
     if not wants_gpus("auto", present=present, possible=possible, what="index build"):
         return 0
-    return config.gpus
+    return config.resources.gpus
 
 
 def build_version(
@@ -182,15 +188,15 @@ def build_version(
         ConfigError: ``device=gpu`` and FAISS sees no GPU here.
     """
     available = fidx.faiss_gpus()
-    gpus = fidx.select_gpus(config.device, available)
-    if config.device == "auto" and not available and _holds_gpus():
+    gpus = fidx.select_gpus(config.resources.device, available)
+    if config.resources.device == "auto" and not available and _holds_gpus():
         log.warning(
             "this build holds a GPU but FAISS sees none (is faiss-cpu installed instead of "
             "faiss-gpu?); building on the CPU"
         )
 
     def blocks() -> Iterator[fidx.Block]:
-        return embedding_blocks(files, version=version, batch_size=config.batch_size)
+        return embedding_blocks(files, version=version, batch_size=config.resources.batch_size)
 
     built = fidx.build_index(blocks, config=config, gpus=gpus)
     info = fidx.manifest(built, version=name, extra=extra)
@@ -252,7 +258,7 @@ def _neighbours_in_process(
     searcher = NeighbourSearcher(folder, k=config.neighbours)
     out = storage.join(folder, findex.NEIGHBOURS_DIR)
     rows = 0
-    blocks = embedding_blocks(files, version=version, batch_size=config.batch_size)
+    blocks = embedding_blocks(files, version=version, batch_size=config.resources.batch_size)
     for i, block in enumerate(blocks):
         table = searcher({"track_id": block.track_ids, "embedding": block.vectors})
         storage.write_parquet_atomic(table, storage.join(out, f"part-{i:05d}.parquet"))
@@ -263,9 +269,12 @@ def _neighbours_in_process(
 def _neighbours_table(
     files: list[str], *, version: str, folder: str, config: fidx.IndexConfig
 ) -> int:
-    init_ray(config.address, num_cpus=config.num_cpus)
+    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     check_actor_fit(
-        config.actors, config.cpus_per_actor, what="neighbour search", address=config.address
+        config.resources.actors,
+        config.resources.cpus_per_actor,
+        what="neighbour search",
+        address=config.resources.address,
     )
     import ray
     from ray.data.expressions import col
@@ -282,10 +291,10 @@ def _neighbours_table(
     ds.map_batches(
         NeighbourSearcher,
         fn_constructor_kwargs={"folder": folder, "k": config.neighbours},
-        batch_size=config.batch_size,
+        batch_size=config.resources.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
-        num_cpus=config.cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=config.resources.actors),
+        num_cpus=config.resources.cpus_per_actor,
     ).write_parquet(out_path, filesystem=out_fs)
     written = storage.list_files(out, suffix=".parquet")
     return sum(t.num_rows for t in storage.read_parquet_columns(written, ["track_id"]))

@@ -122,7 +122,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     """
     start = time.perf_counter()
     catalog = load_catalog(config)
-    check_cluster_reachable(config.address)  # before the output folder is touched
+    check_cluster_reachable(config.resources.address)  # before the output folder is touched
     state = prepare_output(config.out, config.spec, catalog, retry_errors=config.retry_errors)
     mark_started()
     errors_by_kind: Counter[str] = Counter()
@@ -140,7 +140,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     )
     rows_written, process_seconds = 0, 0.0
     if len(todo):
-        init_ray(config.address, num_cpus=config.num_cpus)
+        init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
         rows_written, process_seconds = _run_shards(todo, config, state.vocabulary, errors_by_kind)
     seconds = time.perf_counter() - start
     result = IngestResult(

@@ -172,7 +172,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         run_id = partition.rstrip("/").rsplit("/", 1)[-1]
         log.info("continuing the interrupted run %s: %d tracks done, kept", run_id, len(kept))
 
-    init_ray(config.address, num_cpus=config.num_cpus)
+    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     resources = ray_resources()
     present, possible = cluster_gpus()
     config = resolve_gpus(config, present=present, possible=possible)
@@ -186,9 +186,9 @@ def run_label(config: LabelConfig) -> LabelResult:
         actors,
         cpus_per_actor,
         what="labelling",
-        address=config.address,
-        feed_cpus=config.read_cpus if from_shards else 1.0,
-        gpus_per_actor=config.gpu_share,
+        address=config.resources.address,
+        feed_cpus=config.resources.read_cpus if from_shards else 1.0,
+        gpus_per_actor=config.resources.gpu_share,
     )
     mark_started()
     storage.write_json_atomic(storage.join(partition, STARTED_FILE), {"run": run_id, **started})
@@ -196,11 +196,12 @@ def run_label(config: LabelConfig) -> LabelResult:
         "labelling with %d model actor(s), %g CPU(s)%s each",
         actors,
         cpus_per_actor,
-        f" and {config.gpu_share:g} GPU" if config.gpu_share else "",
+        f" and {config.resources.gpu_share:g} GPU" if config.resources.gpu_share else "",
     )
-    config = dataclasses.replace(config, actors=actors, cpus_per_actor=cpus_per_actor)
+    planned = dataclasses.replace(config.resources, actors=actors, cpus_per_actor=cpus_per_actor)
+    config = dataclasses.replace(config, resources=planned)
     # before any dataset is made: each copies Ray Data's context
-    with data_memory_limit(config.inflight_gb, block_mb=config.block_mb):
+    with data_memory_limit(config.resources.inflight_gb, block_mb=config.resources.block_mb):
         tracks_in, skipped, labelled = _write_labels(
             config, spec, catalog, manifest if from_shards else None, done | kept, partition
         )
@@ -260,8 +261,8 @@ def _write_labels(
         tracks_in = len(catalog.tracks)
         write_catalog_problems(storage.join(partition, "errors"), catalog, set())
         chunks = [
-            tracks.iloc[i : i + config.shard_size].reset_index(drop=True)
-            for i in range(0, len(tracks), config.shard_size)
+            tracks.iloc[i : i + config.resources.shard_size].reset_index(drop=True)
+            for i in range(0, len(tracks), config.resources.shard_size)
         ]
         todo = len(tracks)
         ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
@@ -272,7 +273,7 @@ def _write_labels(
             # Decoding declares its memory: remote arguments unlike the model actor's
             # keep it a stage of its own, on every free CPU. Ray Data otherwise fuses a
             # task stage into the actor stage after it, and one actor decodes alone.
-            memory=decode_task_memory(spec, config.shard_size),
+            memory=decode_task_memory(spec, config.resources.shard_size),
             fn_kwargs={
                 "spec": spec.to_dict(),
                 "errors_dir": storage.join(partition, "errors"),
@@ -286,8 +287,8 @@ def _write_labels(
         ds = read_parquet_files(
             storage.file_sizes(storage.join(config.input, "shards"), suffix=".parquet"),
             columns=columns,
-            num_cpus=config.read_cpus,
-            concurrency=plan_reads(config, actors=config.actors or 1),
+            num_cpus=config.resources.read_cpus,
+            concurrency=plan_reads(config, actors=config.resources.actors or 1),
             drop_ids=done,  # labelled by this model version in an earlier run
         )
         tracks_in = int(manifest["counts"]["rows"])
@@ -295,23 +296,23 @@ def _write_labels(
     skipped = tracks_in - todo
     labelled = 0
     if todo:
-        use_gpu = config.gpu_share > 0
-        cpus = config.cpus_per_actor or 1.0  # set by run_label's plan
+        use_gpu = config.resources.gpu_share > 0
+        cpus = config.resources.cpus_per_actor or 1.0  # set by run_label's plan
         labels = ds.map_batches(
             Labeller,
             fn_constructor_kwargs={
                 "checkpoint": config.checkpoint,
                 "top_k": config.top_k,
                 "moments": config.moments,
-                "device": "cuda" if use_gpu else config.device,
-                "threads": config.torch_threads or max(1, math.ceil(cpus)),
-                "model_batch": config.model_batch,
+                "device": "cuda" if use_gpu else config.resources.device,
+                "threads": config.resources.torch_threads or max(1, math.ceil(cpus)),
+                "model_batch": config.resources.model_batch,
             },
-            batch_size=config.batch_size,
+            batch_size=config.resources.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            compute=ray.data.ActorPoolStrategy(size=config.resources.actors),
             num_cpus=cpus,
-            num_gpus=config.gpu_share if use_gpu else None,
+            num_gpus=config.resources.gpu_share if use_gpu else None,
         )
         # The job's own process writes the label files as the rows stream in: label rows
         # are small (about 350 bytes a track), and a write stage of tasks started a

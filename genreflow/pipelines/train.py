@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import json
 import logging
 import math
 import os
@@ -34,6 +34,7 @@ from torch import Tensor
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
+from genreflow.config import from_dict
 from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.formats.dataset import MOOD_CLASSES, mood_index, read_dataset_manifest, tokens_numpy
@@ -51,13 +52,16 @@ from genreflow.runtime import (
 from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
     LYRICS_COLUMN,
+    RUN_PARTS,
     TENSOR_COLUMNS,
+    Part,
     TrainConfig,
     TrainingRecipe,
     balanced_class_weights,
     build_for_training,
     epoch_seed,
     evaluate,
+    fold_parts,
     predict,
     prefetch_batches,
     tensor_batch,
@@ -121,9 +125,9 @@ def _check(config: TrainConfig) -> dict[str, Any]:
     if config.lyrics_vectors and not storage.exists(config.lyrics_vectors):
         raise ConfigError(f"lyrics_vectors {config.lyrics_vectors!r} does not exist")
     if config.resume:
-        latest = _latest_checkpoint(config)
-        if latest is not None:
-            state = ckpt.load(latest)
+        drop_cut_snapshot(config)
+        latest, state = _newest_loadable_checkpoint(config)
+        if latest is not None and state is not None:
             check_same_spec(
                 TokenSpec.from_dict(state["token_spec"]),
                 spec,
@@ -138,11 +142,53 @@ def _check(config: TrainConfig) -> dict[str, Any]:
     return manifest
 
 
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
+
+
+def drop_cut_snapshot(config: TrainConfig) -> bool:
+    """Remove the run's checkpoint list when a kill cut it mid-write (Ray Train 2.60
+    rewrites it in place, not atomically), so a resume starts over instead of failing on
+    it; whether it was removed."""
+    snapshot = storage.join(_storage_path(config), "run", SNAPSHOT_FILE)
+    if not storage.exists(snapshot):
+        return False
+    try:
+        json.loads(storage.read_bytes(snapshot))
+        return False
+    except (ValueError, UnicodeDecodeError):
+        log.warning(
+            "the run's checkpoint list %s was cut short by an interruption; the run "
+            "restarts from its first epoch",
+            snapshot,
+        )
+        storage.delete(snapshot)
+        return True
+
+
 def _storage_path(config: TrainConfig) -> str:
     return config.storage_path or storage.join(config.out, "checkpoints")
 
 
+def _newest_loadable_checkpoint(
+    config: TrainConfig,
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The newest checkpoint folder that loads, and its state. A folder a kill cut short
+    while Ray copied it in is skipped (Ray Train never registered it either)."""
+    for folder in reversed(_checkpoint_folders(config)):
+        try:
+            return folder, ckpt.load(folder)
+        except ConfigError as exc:
+            log.warning("skipping checkpoint %s, cut short by an interruption? %s", folder, exc)
+    return None, None
+
+
 def _latest_checkpoint(config: TrainConfig) -> str | None:
+    folders = _checkpoint_folders(config)
+    return folders[-1] if folders else None
+
+
+def _checkpoint_folders(config: TrainConfig) -> list[str]:
+    """The run's checkpoint folders, oldest first (Ray names them by time)."""
     root = storage.join(_storage_path(config), "run")
     fs, path = storage.resolve(root)
     import pyarrow.fs as pafs
@@ -150,16 +196,13 @@ def _latest_checkpoint(config: TrainConfig) -> str | None:
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
-        return None
-    folders = sorted(
-        i.path
+        return []
+    names = sorted(
+        i.base_name
         for i in infos
         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
-    if not folders:
-        return None
-    latest = folders[-1].rsplit("/", 1)[-1]
-    return storage.join(root, latest)
+    return [storage.join(root, name) for name in names]
 
 
 def _read_split(
@@ -175,14 +218,50 @@ def _read_split(
     return ds.filter(expr=col("split") == split)
 
 
+def _keep_part(batch: pd.DataFrame, part: Part) -> pd.DataFrame:
+    mask = part.mask(
+        batch["split"].tolist(), batch["track_id"].tolist(), batch["artist_id"].tolist()
+    )
+    return batch[mask]
+
+
 def _datasets(
-    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
+    config: TrainConfig,
+    manifest: dict[str, Any],
+    vocab: LyricsVocab | None,
+    parts: dict[str, Part],
 ) -> dict[str, Any]:
-    """Ray datasets of the tensor columns training reads, one per split."""
-    return {
-        split: _prepare_frame(_read_split(config, split, lyrics=vocab is not None), vocab, config)
-        for split in splits
-    }
+    """The prepared Ray datasets of ``parts`` (their rows chosen by :class:`Part` alone),
+    built one of three ways by size: small splits are read on the driver and put in the
+    object store whole (no Ray Data tasks, seconds each, for a few megabytes); larger
+    ones stream from the shards through Ray Data and are materialized when they take
+    under a quarter of the object store; the largest stream again every epoch. On the
+    driver an empty part is left out."""
+    splits = sorted({part.split for part in parts.values()})
+    extra = sorted({c for part in parts.values() for c in part.columns} - {"split"})
+    if _cache(config, manifest, splits, limit=SMALL_SPLIT_BYTES):
+        tables = _small_tables(config, vocab, splits=splits, extra=extra)
+        built = {}
+        for name, part in parts.items():
+            table = tables[part.split]
+            rows = table.filter(pa.array(_table_mask(part, table), type=pa.bool_()))
+            if rows.num_rows:
+                built[name] = _table_dataset(rows, vocab, config)
+        return built
+    datasets = {}
+    for name, part in parts.items():
+        ds = _read_split(config, part.split, extra, lyrics=vocab is not None)
+        if part.fold is not None:
+            ds = ds.map_batches(_keep_part, batch_format="pandas", fn_kwargs={"part": part})
+        datasets[name] = _prepare_frame(ds, vocab, config)
+    if _cache(config, manifest, splits):
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    return datasets
+
+
+def _table_mask(part: Part, table: pa.Table) -> np.ndarray:
+    columns = {name: table.column(name).to_pylist() for name in part.columns}
+    return part.mask(columns["split"], columns.get("track_id", ()), columns.get("artist_id", ()))
 
 
 def build_lyrics_vocab(config: TrainConfig) -> LyricsVocab:
@@ -249,10 +328,12 @@ def _fit(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     genres = manifest["labels"]["genre"]
-    use_gpu = config.use_gpu is True  # run_train resolved auto
+    use_gpu = config.resources.use_gpu is True  # run_train resolved auto
     worker_env = {}
-    if config.worker_niceness is not None:
-        worker_env["RAY_worker_niceness"] = str(config.worker_niceness)
+    if config.resources.worker_niceness is not None:
+        worker_env["RAY_worker_niceness"] = str(config.resources.worker_niceness)
+    if config.deterministic and use_gpu:  # cuBLAS's condition for deterministic kernels
+        worker_env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     if testing_crash and os.environ.get(CRASH_AFTER_EPOCH_ENV):
         worker_env[CRASH_AFTER_EPOCH_ENV] = os.environ[CRASH_AFTER_EPOCH_ENV]
     counts = manifest["counts"]["by_split_genre"].get("train", {})
@@ -272,10 +353,10 @@ def _fit(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
+            num_workers=config.resources.num_workers,
             use_gpu=use_gpu,
             resources_per_worker={
-                "CPU": config.cpus_per_worker,
+                "CPU": config.resources.cpus_per_worker,
                 **({"GPU": 1} if use_gpu else {}),
             },
         ),
@@ -283,7 +364,7 @@ def _fit(
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=_storage_path(config),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=config.resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
             ),
@@ -292,11 +373,14 @@ def _fit(
         datasets=datasets,
     )
     try:
-        with health_check_interval(config.health_check_s), epoch_progress(config, name=name):
+        with (
+            health_check_interval(config.resources.health_check_s),
+            epoch_progress(config, name=name),
+        ):
             return trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise GenreflowError(
-            f"training failed ({config.max_failures} recovery attempt(s) allowed): "
+            f"training failed ({config.resources.max_failures} recovery attempt(s) allowed): "
             f"{failure_cause(exc)}\n{exc}"
         ) from exc
 
@@ -360,8 +444,8 @@ def _cache(
     """Whether to keep the prepared splits in the object store instead of re-reading the
     shards every epoch (re-reading costs seconds of start-up per epoch on small data):
     with ``cache=auto``, when they take under a quarter of it (and under ``limit`` bytes)."""
-    if config.cache != "auto":
-        return config.cache == "always" and limit == float("inf")
+    if config.resources.cache != "auto":
+        return config.resources.cache == "always" and limit == float("inf")
     import ray
 
     rows = sum(manifest["counts"]["by_split"].get(s, 0) for s in splits)
@@ -374,23 +458,37 @@ def _check_resources(config: TrainConfig) -> bool:
     """Wait for the workers' resources: at once on a local Ray (which cannot grow), up
     to ``resource_wait_s`` on a cluster, whose autoscaler is asked for them; whether it
     was asked."""
-    bundle = {"CPU": config.cpus_per_worker, **({"GPU": 1.0} if config.use_gpu else {})}
+    bundle = {
+        "CPU": config.resources.cpus_per_worker,
+        **({"GPU": 1.0} if config.resources.use_gpu else {}),
+    }
     return wait_for_resources(
-        [bundle] * config.num_workers,
-        what=f"training ({config.num_workers} worker(s))",
-        timeout_s=config.resource_wait_s,
-        local=not (config.address or os.environ.get("RAY_ADDRESS")),
+        [bundle] * config.resources.num_workers,
+        what=f"training ({config.resources.num_workers} worker(s))",
+        timeout_s=config.resources.resource_wait_s,
+        local=not (config.resources.address or os.environ.get("RAY_ADDRESS")),
     )
+
+
+def _recorded(config: TrainConfig) -> dict[str, Any]:
+    """The config as metrics.json keeps it: everything but where it ran."""
+    recorded = dataclasses.asdict(config)
+    recorded["resources"].pop("address", None)
+    return recorded
 
 
 def run_train(config: TrainConfig) -> TrainResult:
     """Train ``config.model`` on ``config.data``; see the module docstring for outputs."""
     start = time.perf_counter()
     manifest = _check(config)
-    init_ray(config.address, num_cpus=config.num_cpus)
+    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     present, possible = cluster_gpus()
-    use_gpu = wants_gpus(config.use_gpu, present=present, possible=possible, what="training")
-    config = dataclasses.replace(config, use_gpu=use_gpu)
+    use_gpu = wants_gpus(
+        config.resources.use_gpu, present=present, possible=possible, what="training"
+    )
+    config = dataclasses.replace(
+        config, resources=dataclasses.replace(config.resources, use_gpu=use_gpu)
+    )
     asked = _check_resources(config)
     mark_started()
     try:
@@ -406,14 +504,8 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     metrics: dict[str, Any] = {}
     if config.folds:
         metrics["cross_validation"] = _cross_validate(config, manifest, vocab)
-    if _cache(config, manifest, ["train", "val", "test"], limit=SMALL_SPLIT_BYTES):
-        datasets = _small_datasets(config, vocab, splits=["train", "val", "test"])
-        test_ds = datasets.pop("test", None)
-    else:
-        datasets = _datasets(config, vocab, splits=["train", "val"])
-        if _cache(config, manifest, ["train", "val"]):
-            datasets = {name: ds.materialize() for name, ds in datasets.items()}
-        test_ds = None
+    datasets = _datasets(config, manifest, vocab, RUN_PARTS)
+    test_ds = datasets.pop("test", None)
     result = _fit(config, manifest, vocab, datasets, name="run")
     if result.error is not None:
         raise GenreflowError(f"training failed: {result.error}")
@@ -425,9 +517,7 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     history = _history(config)
     state = ckpt.load(best_path)
     test_metrics: dict[str, Any] = {"count": 0}
-    if manifest["counts"]["by_split"].get("test"):
-        if test_ds is None:
-            test_ds = _datasets(config, vocab, splits=["test"])["test"]
+    if test_ds is not None and manifest["counts"]["by_split"].get("test"):
 
         def batches() -> Any:
             for batch in test_ds.iter_torch_batches(batch_size=config.batch_size, device="cpu"):
@@ -448,9 +538,7 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
             "test": test_metrics,
             "labels": {"genre": loaded.genres, "mood": loaded.moods},
             "token_spec": manifest["token_spec"],
-            "config": {
-                k: v for k, v in dataclasses.asdict(config).items() if k not in ("address",)
-            },
+            "config": _recorded(config),
         }
     )
     metrics["seconds"] = round(time.perf_counter() - start, 1)
@@ -471,57 +559,14 @@ def _history(config: TrainConfig) -> list[dict[str, Any]]:
     return [storage.read_json(f) for f in files]
 
 
-def fold_of(key: str, folds: int) -> int:
-    """A stable fold for an artist (or a track without one), the same on every machine."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % folds
-
-
 def _cross_validate(
     config: TrainConfig, manifest: dict[str, Any], vocab: LyricsVocab | None
 ) -> dict[str, Any]:
     """k folds over the training split, artist-disjoint; each fold validates on itself
     and trains on the others. Returns the folds' best validation macro-F1, mean and std."""
     scores = []
-    small = _cache(config, manifest, ["train"], limit=SMALL_SPLIT_BYTES)
-    train_rows = (
-        _small_tables(config, vocab, splits=["train"], extra=["track_id", "artist_id"])["train"]
-        if small
-        else None
-    )
     for k in range(config.folds):
-
-        def tag(batch: pd.DataFrame, k: int = k) -> pd.DataFrame:
-            keys = (
-                batch["artist_id"].where(batch["artist_id"].notna(), batch["track_id"]).astype(str)
-            )
-            return batch.assign(in_fold=[fold_of(key, config.folds) == k for key in keys])
-
-        if train_rows is not None:
-            keys = [
-                str(a) if a is not None else str(t)
-                for a, t in zip(
-                    train_rows.column("artist_id").to_pylist(),
-                    train_rows.column("track_id").to_pylist(),
-                    strict=True,
-                )
-            ]
-            mask = pa.array([fold_of(key, config.folds) == k for key in keys])
-            datasets = {
-                "train": _table_dataset(train_rows.filter(pc.invert(mask)), vocab, config),
-                "val": _table_dataset(train_rows.filter(mask), vocab, config),
-            }
-        else:
-            tagged = _read_split(
-                config,
-                "train",
-                ["track_id", "artist_id"],
-                lyrics=vocab is not None,
-            ).map_batches(tag, batch_format="pandas")
-            parts = {
-                "train": tagged.filter(lambda row: not row["in_fold"]),
-                "val": tagged.filter(lambda row: bool(row["in_fold"])),
-            }
-            datasets = {name: _prepare_frame(ds, vocab, config) for name, ds in parts.items()}
+        datasets = _datasets(config, manifest, vocab, fold_parts(k, config.folds))
         fold_config = dataclasses.replace(
             config,
             out=storage.join(config.out, f"fold-{k}"),
@@ -621,18 +666,6 @@ def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConf
     return ray.data.from_arrow(pa.table(arrays))
 
 
-def _small_datasets(
-    config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str]
-) -> dict[str, Any]:
-    """Prepared datasets of small splits (an empty split is left out)."""
-    tables = _small_tables(config, vocab, splits=splits, extra=[])
-    return {
-        split: _table_dataset(table, vocab, config)
-        for split, table in tables.items()
-        if table.num_rows
-    }
-
-
 def _write_outputs(out: str, metrics: dict[str, Any]) -> None:
     genres = metrics["labels"]["genre"]
     matrix = metrics["test"].get("confusion_matrix")
@@ -691,11 +724,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.data.collate_fn import NumpyBatchCollateFn
 
-    config = TrainConfig(**loop_config["config"])
+    config = from_dict(TrainConfig, loop_config["config"])
     # Batches of a split held in the object store arrive as read-only views; the step
     # only reads them, so torch's warning about non-writable arrays is noise here.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
     crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV) or -1)  # tests only
     device = ray.train.torch.get_device()

@@ -183,7 +183,7 @@ def submitted(cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPath
     }
     small = {
         "ingest": ["shard_size=2", *SMALL],
-        "train": ["epochs=2", "batch_size=4", "num_workers=3"],
+        "train": ["epochs=2", "batch_size=4", "resources.num_workers=3"],
         "index": ["neighbours=3"],
         "compare": ["models=[baseline_cnn]", "train.epochs=1"],
     }
@@ -230,7 +230,7 @@ def test_every_configs_submit_line_runs_and_training_waits_for_a_node(
     assert logs["train"].index(withdrawn) > logs["train"].index("epoch 2/2")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert Path(metrics["best_checkpoint"]).is_dir() and "test" in metrics
-    assert metrics["epochs_run"] == 2 and metrics["config"]["num_workers"] == 3
+    assert metrics["epochs_run"] == 2 and metrics["config"]["resources"]["num_workers"] == 3
     runs = list((tmp_path / "labels").glob("run-*/_run.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["labelled"] == 16
     info = json.loads((tmp_path / "index" / "index.json").read_text())
@@ -281,7 +281,7 @@ def test_an_unreachable_cluster_is_a_clear_error(catalog: Path, tmp_path: Path) 
     dead = f"127.0.0.1:{free_port()}"
     proc = subprocess.run(
         [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
-         f"address={dead}", f"catalog={catalog}", f"out={tmp_path / 'o'}"],
+         f"resources.address={dead}", f"catalog={catalog}", f"out={tmp_path / 'o'}"],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -7,8 +7,10 @@ on local paths. Credentials come from the environment only, and never reach the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,6 +40,7 @@ from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
 from tests.conftest import free_port, start_session_ray
+from tests.faults import GENREFLOW, Endpoint, local_env
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["spec.clip_s=6", "spec.n_tokens=3", "spec.token_s=2.0", "spec.n_mels=64"]
@@ -205,7 +209,7 @@ def test_a_missing_bucket_is_a_clear_error_without_secrets(
         run_ingest(load_config(IngestConfig, catalog=f"{s3}/nothing/manifest.csv", out=f"{s3}/y"))
     proc = subprocess.run(
         [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
-         f"catalog={local_catalog}", "out=s3://no-such-bucket/x", "num_cpus=1"],
+         f"catalog={local_catalog}", "out=s3://no-such-bucket/x", "resources.num_cpus=1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "RAY_ADDRESS": ""},
     )  # fmt: skip
@@ -223,7 +227,7 @@ def test_wrong_credentials_are_a_clear_error_without_secrets(
         wrong = "wrong-secret-0a1b2c3d"
         proc = subprocess.run(
             [sys.executable, "jobs/ingest.py", "--config", "configs/ingest.yaml",
-             f"catalog={local_catalog}", f"out=s3://{BUCKET}/x", "num_cpus=1"],
+             f"catalog={local_catalog}", f"out=s3://{BUCKET}/x", "resources.num_cpus=1"],
             cwd=REPO, capture_output=True, text=True, timeout=300,
             env={**os.environ, "RAY_ADDRESS": "", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                  "AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": wrong,
@@ -238,3 +242,59 @@ def test_wrong_credentials_are_a_clear_error_without_secrets(
     assert re.search(r"ACCESS_DENIED|InvalidAccessKeyId|AccessDenied", proc.stderr), output[-2000:]
     assert "check the credentials" in proc.stderr
     assert wrong not in output
+
+
+def test_an_endpoint_that_dies_mid_write_publishes_nothing_and_a_rerun_completes(
+    s3: str, local_catalog: Path, tmp_path: Path
+) -> None:
+    """The S3 endpoint goes down once the ingest job's first shard has landed (open
+    connections reset, new ones refused). Each request is retried with backoff, then the
+    job fails with a message naming the path and the endpoint, never the secret; it
+    leaves no completion marker and no half-written object. With the endpoint back, the
+    same command completes with the rows of an uninterrupted run."""
+    client = boto3.client("s3")  # straight to the server, never through the proxy
+    endpoint = Endpoint(int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    cmd = [*GENREFLOW, "ingest", "--catalog", str(local_catalog), "--out", f"{s3}/faulty",
+           *SMALL, "shard_size=2", "resources.num_cpus=2"]  # fmt: skip
+    env = local_env(AWS_ENDPOINT_URL=endpoint.url, GENREFLOW_S3_ATTEMPTS="3")
+
+    def keys(prefix: str) -> list[str]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        return [item["Key"] for item in listed]
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not keys("faulty/shards/") and proc.poll() is None:
+            assert time.monotonic() < deadline, "no shard was written"
+            time.sleep(0.02)
+        endpoint.refuse()
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its local Ray
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert f"{s3}/faulty" in stderr and "did not answer after 3 attempts" in stderr, stderr[-3000:]
+    assert SECRET not in stdout + stderr
+    assert "faulty/_dataset.json" not in keys("faulty/")
+    for key in keys("faulty/shards/"):  # whatever landed is whole
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert pq.read_table(pa.BufferReader(body)).num_rows >= 1
+
+    endpoint.accept()  # back (the rerun here talks to the server directly)
+    rerun = run_ingest(
+        load_config(
+            IngestConfig,
+            overrides=[*SMALL, "shard_size=2"],
+            catalog=str(local_catalog),
+            out=f"{s3}/faulty",
+        )
+    )
+    assert not rerun.failed and rerun.skipped + rerun.rows_written == 12
+    shards = storage.list_files(f"{s3}/faulty/shards", suffix=".parquet")
+    fs, _ = storage.resolve(shards[0])
+    ids = pq.read_table([storage.resolve(f)[1] for f in shards], filesystem=fs)["track_id"]
+    expected = pd.read_csv(local_catalog)["track_id"].astype(str)
+    assert sorted(ids.to_pylist()) == sorted(expected)  # each track once, none lost
+    assert "faulty/_dataset.json" in keys("faulty/")

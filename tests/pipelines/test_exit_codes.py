@@ -90,7 +90,7 @@ def test_train(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(CRASH_AFTER_EPOCH_ENV, "0")
     died = job(
         TrainConfig, run_train, f"data={dataset}", f"out={tmp_path / 'run'}", "epochs=2",
-        "batch_size=8", "max_failures=0",
+        "batch_size=8", "resources.max_failures=0",
     )  # fmt: skip
     assert died == EXIT_FAILED
     assert list((tmp_path / "run" / "epochs").glob("epoch-*.json"))  # work was done

@@ -21,6 +21,7 @@ from genreflow.formats.labels import label_files, read_labels
 from genreflow.pipelines import index as index_pipeline
 from genreflow.pipelines.analyze import run_analyze
 from genreflow.pipelines.index import run_index
+from tests.faults import GENREFLOW, kill_at, temporary_files
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -29,7 +30,7 @@ def build(labels: Path, out: Path, *overrides: str) -> index_pipeline.IndexResul
     return run_index(
         load_config(
             fidx.IndexConfig,
-            overrides=["neighbours=4", "batch_size=7", *overrides],
+            overrides=["neighbours=4", "resources.batch_size=7", *overrides],
             labels=str(labels),
             out=str(out),
         )
@@ -46,7 +47,9 @@ def expected_neighbours(frame: pd.DataFrame, k: int) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    "where", ["neighbours_local_below=20000", "neighbours_local_below=0"], ids=["local", "ray"]
+    "where",
+    ["resources.neighbours_local_below=20000", "resources.neighbours_local_below=0"],
+    ids=["local", "ray"],
 )
 def test_index_and_neighbours_table_equal_exact_search(
     labels: Path, trained_checkpoint: str, tmp_path: Path, where: str
@@ -112,26 +115,34 @@ def test_recommend_command(
     assert "no index in" in caplog.text
 
 
-def test_an_interrupted_build_leaves_the_previous_index_readable(
-    labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _served(out: Path) -> tuple[str, list[str], dict[str, list[str]]]:
+    """What readers of ``out`` get: the published version, its id map, its neighbours."""
+    index = findex.open_index(str(out))
+    table = read_neighbours(str(out)).to_pandas()
+    neighbours = {row.track_id: list(row.neighbours) for row in table.itertuples()}
+    return index.info["version"], list(index.track_ids), neighbours
+
+
+@pytest.mark.parametrize("point", ["index:version-written", "index:before-publish"])
+def test_a_build_killed_before_publishing_leaves_the_previous_index_served(
+    labels: Path, tmp_path: Path, point: str
 ) -> None:
-    first = build(labels, tmp_path / "index", "neighbours=0")
-    before = findex.open_index(str(tmp_path / "index"))
-
-    def crash(*args: object, **kwargs: object) -> int:
-        raise KeyboardInterrupt("killed while computing neighbours")
-
-    monkeypatch.setattr(index_pipeline, "_neighbours_table", crash)
-    monkeypatch.setattr(index_pipeline, "_neighbours_in_process", crash)
-    with pytest.raises(KeyboardInterrupt):
-        build(labels, tmp_path / "index")
-    assert len(findex.list_versions(str(tmp_path / "index"))) == 2  # the new one, unpublished
-    after = findex.open_index(str(tmp_path / "index"))
-    assert after.info["version"] == first.info["version"] == before.info["version"]
-    assert list(after.track_ids) == list(before.track_ids)
-    monkeypatch.undo()
-    again = build(labels, tmp_path / "index", "keep_versions=1")
-    assert findex.list_versions(str(tmp_path / "index")) == [again.info["version"]]
+    """SIGKILL of the index command after it wrote a new version (mid-build: before its
+    neighbours table; or just before publishing): readers keep the previous index; the
+    rerun publishes one equal to an uninterrupted build and removes the orphan."""
+    out = tmp_path / "index"
+    first = build(labels, out, "neighbours=3")
+    before = _served(out)
+    cmd = [*GENREFLOW, "index", "--labels", str(labels), "--out", str(out), "neighbours=4",
+           "resources.batch_size=7"]  # fmt: skip
+    assert kill_at(cmd, point, tmp_path / "stopped")
+    assert len(findex.list_versions(str(out))) == 2  # the killed build's, unpublished
+    assert _served(out) == before and before[0] == first.info["version"]
+    assert not temporary_files(out)
+    again = build(labels, out, "keep_versions=1")
+    assert findex.list_versions(str(out)) == [again.info["version"]]  # the orphan is gone
+    build(labels, tmp_path / "clean")
+    assert _served(out)[1:] == _served(tmp_path / "clean")[1:]
 
 
 def test_index_bad_input(labels: Path, tmp_path: Path) -> None:
@@ -140,8 +151,8 @@ def test_index_bad_input(labels: Path, tmp_path: Path) -> None:
     with pytest.raises(GenreflowError, match="no label runs of model_version 'm-x'"):
         build(labels, tmp_path / "index", "model_version=m-x")
     if fidx.faiss_gpus() == 0:
-        with pytest.raises(GenreflowError, match="device=gpu but FAISS sees no GPU"):
-            build(labels, tmp_path / "index", "device=gpu")
+        with pytest.raises(GenreflowError, match=r"resources\.device=gpu but FAISS sees no GPU"):
+            build(labels, tmp_path / "index", "resources.device=gpu")
 
 
 def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path) -> None:
@@ -172,10 +183,39 @@ def test_analysis_report_renders_with_its_pictures(labels: Path, tmp_path: Path)
     assert data["accuracy"] == pytest.approx((test["genre"] == test["true_genre"]).mean())
 
 
+def test_a_report_killed_before_its_page_is_rewritten_by_the_rerun(
+    labels: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the analyze command after its pictures and analysis.json, before
+    report.html (its completion marker): no page yet, no half-written file; the rerun's
+    report equals an uninterrupted one."""
+    out = tmp_path / "report"
+    cmd = [*GENREFLOW, "analyze", "--labels", str(labels), "--out", str(out)]
+    assert kill_at(cmd, "analyze:before-report", tmp_path / "stopped")
+    assert (out / "analysis.json").exists() and not (out / "report.html").exists()
+    assert not temporary_files(out)
+    run_analyze(load_config(AnalyzeConfig, labels=str(labels), out=str(out)))
+    run_analyze(load_config(AnalyzeConfig, labels=str(labels), out=str(tmp_path / "clean")))
+
+    def report(folder: Path) -> dict[str, object]:
+        data = json.loads((folder / "analysis.json").read_text())
+        data.pop("created_at")
+        data["pictures"] = sorted(data["pictures"])  # their names; the folders differ
+        assert "</html>" in (folder / "report.html").read_text()
+        return data
+
+    assert report(out) == report(tmp_path / "clean")
+
+
 def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path) -> None:
     # 2 CPUs: an actor holding both would leave the Parquet reads no CPU, and wait forever
     with pytest.raises(GenreflowError, match="leaving less than the 1 CPU"):
-        build(labels, tmp_path / "index", "cpus_per_actor=2", "neighbours_local_below=0")
+        build(
+            labels,
+            tmp_path / "index",
+            "resources.cpus_per_actor=2",
+            "resources.neighbours_local_below=0",
+        )
 
 
 def test_the_build_task_writes_the_index_the_driver_would(labels: Path, tmp_path: Path) -> None:
@@ -222,7 +262,9 @@ def test_where_the_index_is_built(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(index_pipeline, "init_ray", lambda *a, **k: None)  # already joined
     monkeypatch.setattr(index_pipeline, "cluster_gpus", lambda: gpus)
-    config = fidx.IndexConfig(address=address, device=device, gpus=3)  # type: ignore[arg-type]
+    config = fidx.IndexConfig(
+        resources=fidx.IndexResources(address=address, device=device, gpus=3)  # type: ignore[arg-type]
+    )
     if isinstance(expected, str):
         with pytest.raises(ConfigError, match=expected):
             index_pipeline._build_task_gpus(config)

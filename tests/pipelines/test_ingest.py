@@ -98,7 +98,7 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_csv(manifest, index=False)
     out = tmp_path / "interrupted"
     cmd = [*GENREFLOW, "ingest", "--catalog", str(manifest), "--out", str(out), "shard_size=2",
-           "num_cpus=1"]  # fmt: skip
+           "resources.num_cpus=1"]  # fmt: skip
     kill_when(cmd, lambda: len(list((out / "shards").glob("part-*.parquet"))) >= 2)
     written = list((out / "shards").glob("part-*.parquet"))
     assert 1 <= len(written) < 8, "the run should have been killed part-way"

@@ -21,7 +21,7 @@ from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import tokens_numpy
 from genreflow.formats.labels import RUN_FILE, complete_partitions, read_labels
 from genreflow.ingest import IngestConfig
-from genreflow.label import LabelConfig, Labeller
+from genreflow.label import LabelConfig, Labeller, LabelResources
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
 from tests.audio_fixtures import write_audio
@@ -49,10 +49,10 @@ def test_labels_equal_the_in_process_model(
         trained_checkpoint,
         dataset,
         tmp_path / "labels",
-        "batch_size=7",
-        "model_batch=3",  # each call of 7 tracks runs the model on 3 + 3 + 1
+        "resources.batch_size=7",
+        "resources.model_batch=3",  # each call of 7 tracks runs the model on 3 + 3 + 1
         "top_k=2",
-        "inflight_gb=0.001",  # below one block: the job still moves, a block at a time
+        "resources.inflight_gb=0.001",  # below one block: the job still moves, a block at a time
     )
     labels = read_labels(str(tmp_path / "labels")).set_index("track_id")
     table = pq.read_table(dataset / "shards")
@@ -102,16 +102,16 @@ def test_a_cpu_labeller_runs_on_the_threads_it_is_given(trained_checkpoint: str)
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="torch_threads"):
-        LabelConfig(torch_threads=0)
+        LabelResources(torch_threads=0)
     with pytest.raises(ConfigError, match="model_batch"):
-        LabelConfig(model_batch=0)
+        LabelResources(model_batch=0)
 
 
 def test_a_pool_asking_for_missing_gpus_is_refused_before_it_starts(
     trained_checkpoint: str, dataset: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ConfigError, match="the cluster has 0; set gpus_per_actor=0"):
-        label(trained_checkpoint, dataset, tmp_path / "labels", "gpus_per_actor=1")
+    with pytest.raises(ConfigError, match=r"the cluster has 0; set resources\.gpus_per_actor=0"):
+        label(trained_checkpoint, dataset, tmp_path / "labels", "resources.gpus_per_actor=1")
     assert not list((tmp_path / "labels").glob("run-*/*.parquet"))
 
 
@@ -198,7 +198,7 @@ def test_bad_audio_becomes_error_rows(
             catalog,
             tmp_path / "labels",
             "max_error_rate=0.9",
-            "cpus_per_actor=1",  # the decode tasks' CPUs: still two stages
+            "resources.cpus_per_actor=1",  # the decode tasks' CPUs: still two stages
         )
     assert result.labelled == 3 and result.errors == 4 and not result.failed
     # decoding is a task stage of its own (on every free CPU), not fused into the actors
@@ -252,7 +252,7 @@ def test_a_label_run_killed_mid_write_continues_keeping_its_finished_files(
     out = tmp_path / "labels"
     cmd = [
         *GENREFLOW, "label", "--checkpoint", trained_checkpoint, "--input", str(dataset),
-        "--out", str(out), "rows_per_file=4", "batch_size=4",
+        "--out", str(out), "rows_per_file=4", "resources.batch_size=4",
     ]  # fmt: skip
     assert kill_when(cmd, lambda: len(list(out.glob("run-*/labels-*.parquet"))) >= 2)
     (partition,) = out.glob("run-*")

@@ -21,6 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from genreflow.formats.index import list_versions, open_index
+from tests.faults import kill_at, kill_when
+
 REPO = Path(__file__).resolve().parents[2]
 MARKED = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```bash\n(.*?)```", re.S)
 PLACEHOLDER = re.compile(r"\.\.\.|<[a-z][\w-]*>|checkpoint_X|my-bucket")
@@ -103,13 +106,21 @@ class Journey:
     demo: Ran
     labelled_by_demo: list[int]  # tracks labelled per label run, right after the demo
     stages: list[Ran]
+    compare_killed: bool  # the compare command, SIGKILLed once its first model finished
+    kept_model: float  # that model's metrics.json mtime when the compare was killed
+    first_index: str  # the index version the demo published
+    again_killed: bool  # the demo's rerun, SIGKILLed just before it published its index
+    served_while_killed: str  # the index version readers were served after that kill
+    versions_while_killed: list[str]  # the index folder's versions after that kill
     again: Ran
 
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Journey:
     """The demo with its defaults, then the README's stage commands, in one fresh folder;
-    then the demo once more into the folder it made."""
+    then the demo once more into the folder it made. Two commands are killed once first
+    (SIGKILL of the process group) and then run as typed: the compare, after its first
+    model finished, and the demo's rerun, just before it publishes its new index."""
     import ray
 
     ray.shutdown()  # the commands start their own local Ray; the session's would share CPUs
@@ -117,19 +128,35 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Journey:
     demo = sh("genreflow demo", cwd)
     runs = (cwd / "genreflow-demo" / "labels").glob("run-*/_run.json")
     labelled_by_demo = [json.loads(r.read_text())["labelled"] for r in runs]
+    index = cwd / "genreflow-demo" / "index"
+    first_index = open_index(str(index)).info["version"] if demo.returncode == 0 else ""
     stages = []
+    compare_killed, kept_model = False, 0.0
     if demo.returncode == 0:
         for command in BLOCKS["stages"]:
+            if command.startswith("genreflow compare"):
+                first = cwd / "out" / "compare" / "runs" / "baseline_cnn" / "metrics.json"
+                compare_killed = kill_when(
+                    ["bash", "-c", command], first.exists, env=user_env(), cwd=cwd
+                )
+                kept_model = first.stat().st_mtime if first.exists() else 0.0
             stages.append(sh(command, cwd))
             if stages[-1].returncode != 0:
                 break
+    again_killed = kill_at(["bash", "-c", "genreflow demo"], "index:before-publish",
+                           cwd / "stopped", env=user_env(), cwd=cwd)  # fmt: skip
+    served = open_index(str(index)).info["version"] if (index / "index.json").exists() else ""
+    versions = list_versions(str(index)) if index.exists() else []
     again = sh("genreflow demo", cwd)
     from tests.conftest import start_session_ray
 
     start_session_ray()
     for ran in [demo, *stages, again]:
         print(f"{ran.seconds:6.1f} s  {ran.command}")  # shown with -s, or on failure
-    return Journey(cwd, demo, labelled_by_demo, stages, again)
+    return Journey(
+        cwd, demo, labelled_by_demo, stages, compare_killed, kept_model, first_index,
+        again_killed, served, versions, again,
+    )  # fmt: skip
 
 
 def test_the_demo_runs_the_whole_pipeline_with_its_defaults(journey: Journey) -> None:
@@ -171,8 +198,17 @@ def test_the_demo_runs_the_whole_pipeline_with_its_defaults(journey: Journey) ->
 
 
 def test_a_rerun_of_the_demo_continues_and_keeps_what_finished(journey: Journey) -> None:
+    """The rerun was killed once just before publishing its index: readers were served
+    the first run's index meanwhile; the rerun as typed then finished and published."""
     again, work = journey.again, journey.cwd / "genreflow-demo"
+    assert journey.again_killed
+    assert journey.served_while_killed == journey.first_index
+    (killed,) = set(journey.versions_while_killed) - {journey.first_index}
     assert again.returncode == 0, again.explain()
+    published = open_index(str(work / "index"))
+    assert published.info["version"] not in (journey.first_index, killed)
+    assert killed not in list_versions(str(work / "index"))  # the orphan is removed
+    assert published.count == 6 * 16
     assert "continuing the demo in" in again.stdout
     assert "kept the model trained earlier" in again.stdout
     assert "0 rows written" in again.stdout  # ingest had nothing left to do
@@ -211,6 +247,11 @@ def test_the_readme_stage_commands_run_with_relative_paths(journey: Journey) -> 
     assert (out / "report" / "report.html").is_file()
     table = (out / "compare" / "comparison.md").read_text()
     assert "| baseline_cnn | ok |" in table and "| signature_attention | ok |" in table
+    # the compare was killed once with baseline_cnn finished: the rerun kept that model
+    assert journey.compare_killed
+    kept = out / "compare" / "runs" / "baseline_cnn" / "metrics.json"
+    assert kept.stat().st_mtime == journey.kept_model
+    assert table.count("| baseline_cnn |") == table.count("| signature_attention |") == 1
 
 
 def test_every_help_runs() -> None:
