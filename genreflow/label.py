@@ -155,8 +155,8 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
     reader per two CPU actors keeps them fed; a GPU actor labels thousands, so it gets
     two. Without a limit Ray Data starts a read per free quarter CPU as the job starts,
     and on a small machine those reads (each a worker process to start) take the cores
-    the model actors need to start: on 2 cores the actors' first call came 22 s into a
-    run instead of 13 s (bench/RESULTS.md).
+    the model actors need to start: on a small node the actors' first call came 22 s
+    into a run instead of 13 s (bench/RESULTS.md).
     """
     if config.resources.read_tasks is not None:
         return config.resources.read_tasks

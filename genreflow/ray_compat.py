@@ -68,7 +68,7 @@ def task_based_parquet_reader() -> Iterator[None]:
 
     Ray 2.60's default reader (``DataContext.use_datasource_v2``) lists files by
     starting a pool of 32 footer-reader actors for every read: about 10 s before the
-    first block on a 2-core machine, paid by every training, label and index run. The
+    first block on a small node, paid by every training, label and index run. The
     task-based reader reads footers where it reads the data and has its first block in
     0.5 s (bench/RESULTS.md). Stock: the default reader.
     """

@@ -34,7 +34,7 @@ def local_ray_options(num_cpus: int | None = None) -> dict[str, Any]:
     """``ray.init`` arguments of the embedded local Ray, which jobs and the CLI start
     without an address (the benches and tests start the same one).
 
-    - No dashboard: it costs about 200 MiB and 2 s of start on 2 cores.
+    - No dashboard: it costs about 200 MiB and seconds of start on a small machine.
     - No metrics collection: with no dashboard nothing reads Ray's metrics, and their
       collection grew Ray Data's stats actor by 20–35 MiB over 28,800 labelled tracks
       and took a share of the CPU in every process (bench/RESULTS.md).
@@ -351,7 +351,7 @@ def read_parquet_files(
 
     Unlike ``ray.data.read_parquet`` nothing is read in the driver before the job
     starts: the Parquet reader samples files in tasks of their own to plan the read,
-    and on a 2-core machine their worker processes start while the job waits (2–5 s a
+    and on a small node their worker processes start while the job waits (2–5 s a
     label run, bench/RESULTS.md). Here the first read is the first work. A read takes
     consecutive files up to ``task_bytes`` (default: Ray Data's target block size; one
     file when it is larger): a read per small file would pay a task's start for
@@ -365,8 +365,8 @@ def read_parquet_files(
     ``concurrency`` long-lived reader actors. As tasks, a read whose worker process Ray
     had let go while the job waited for the stages after it started a new process
     (imports, a second or two of CPU), and the old one's heap lingered beside the new
-    one's: on 2 cores the label job labelled 28,800 tracks in 234 s instead of 315 s
-    with one reader actor (bench/RESULTS.md). A reader actor's own start costs 2–3 s
+    one's: the label job labelled 28,800 tracks in 234 s instead of 315 s with one
+    reader actor (bench/RESULTS.md). A reader actor's own start costs 2–3 s
     that a few reads do not earn back, so fewer reads stay tasks, at most
     ``concurrency`` at once (as many as CPUs allow without it). Rows whose ``track_id``
     is in ``drop_ids`` are left out as they are read.

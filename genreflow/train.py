@@ -347,7 +347,7 @@ def tensor_batch(batch: dict[str, np.ndarray], *, float_tokens: bool) -> dict[st
     a torch conversion there starts an OpenMP thread team beside the step's. With more
     OpenMP threads in a process than cores, libgomp stops spinning at its barriers: the
     step's threads then sleep and wake at every parallel region (about 300 context
-    switches a step instead of 7, measured in a Ray Train worker on 2 cores).
+    switches a step instead of 7, measured in a Ray Train worker; bench/RESULTS.md).
     """
     out: dict[str, Tensor] = {}
     for name, values in batch.items():

@@ -170,8 +170,8 @@ def submitted(cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPath
 
     Small-data overrides follow the line (a smaller token spec, fewer epochs, one of the
     four models): the line itself is run as written. Training asks for three 1-CPU
-    workers, one more than the two nodes hold: a third node joins 20 s into the job, as
-    an autoscaler's would, and is removed after the last job."""
+    workers, one more than the two nodes hold: a third node joins once the job says it
+    waits (and 2 s more), as an autoscaler's would, and is removed after the last job."""
     tmp_path = tmp_path_factory.mktemp("submitted")
     bucket = "s3://my-bucket/genreflow/"
     paths = {
@@ -198,8 +198,12 @@ def submitted(cluster: Cluster, catalog: Path, tmp_path_factory: pytest.TempPath
                     words, cwd=REPO, env=client, stdout=out, stderr=subprocess.STDOUT
                 )
                 if job == "train":
-                    time.sleep(20)
-                    (tmp_path / "train-first-20s.log").write_text(log.read_text())
+                    deadline = time.monotonic() + 240
+                    while "waiting for 3 CPU" not in log.read_text() and proc.poll() is None:
+                        assert time.monotonic() < deadline, log.read_text()[-3000:]
+                        time.sleep(0.2)
+                    time.sleep(2.0)  # it keeps waiting: no epoch starts on two nodes
+                    (tmp_path / "train-while-waiting.log").write_text(log.read_text())
                     third = add_node(cluster, "third_node")
                 returncode = proc.wait(timeout=600)
             assert returncode == 0, f"{job}: {log.read_text()[-5000:]}"
@@ -219,7 +223,7 @@ def test_every_configs_submit_line_runs_and_training_waits_for_a_node(
     assert sorted(shards["track_id"]) == sorted(pd.read_csv(catalog)["track_id"])
     assert len(cluster.task_nodes("ingest_shard")) == 2  # the decode tasks ran on both nodes
     # training asked for 3 CPUs on a 2-CPU cluster, waited, and trained once the node came
-    early = logs["train-first-20s"]
+    early = logs["train-while-waiting"]
     assert "waiting for 3 CPU: 2 CPU available, cluster scaling" in early, early[-3000:]
     assert "epoch 1/2" not in early
     # the autoscaler was asked for the three workers' CPUs before the wait, and the
