@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genreflow import __version__, storage
+from genreflow import __version__, faultpoints, storage
 from genreflow.catalog import Catalog
 from genreflow.config import RayResources, path_field
 from genreflow.decode import decode_tokens, error_row, error_table
@@ -405,6 +405,7 @@ def finalize(
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
         **extra,
     }
+    faultpoints.reached("ingest:before-manifest")
     storage.write_json_atomic(storage.join(out, DATASET_FILE), manifest)
     return manifest
 

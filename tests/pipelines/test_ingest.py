@@ -20,7 +20,7 @@ from genreflow.formats.dataset import read_dataset_manifest, tokens_numpy
 from genreflow.ingest import IngestConfig
 from genreflow.pipelines.ingest import run_ingest
 from tests.audio_fixtures import write_audio, write_tone
-from tests.faults import GENREFLOW, kill_when
+from tests.faults import GENREFLOW, kill_at, kill_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -112,6 +112,26 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tmp_path: Path) -> None:
     for x, y in zip(a["tokens"], b["tokens"], strict=True):
         np.testing.assert_array_equal(x, y)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_run_killed_while_publishing_is_finished_by_the_rerun(
+    tmp_path: Path, small_manifest: Path
+) -> None:
+    """SIGKILL of the ingest command with every shard written, just before it writes
+    ``_dataset.json`` (its completion marker): the folder is not claimed finished; the
+    rerun keeps every shard, writes nothing again and marks the folder done."""
+    out = tmp_path / "out"
+    cmd = [*GENREFLOW, "ingest", "--catalog", str(small_manifest), "--out", str(out),
+           "shard_size=2", "resources.num_cpus=1"]  # fmt: skip
+    assert kill_at(cmd, "ingest:before-manifest", tmp_path / "stopped")
+    assert not (out / "_dataset.json").exists() and not list(out.rglob("*.tmp"))
+    shards = {p.name: p.read_bytes() for p in (out / "shards").glob("part-*.parquet")}
+    assert shards
+    resumed = ingest(small_manifest, out, "shard_size=2")
+    assert resumed.rows_written == 0 and (out / "_dataset.json").exists()  # type: ignore[attr-defined]
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("part-*.parquet")} == shards
+    clean = ingest(small_manifest, tmp_path / "clean", "shard_size=2")
+    assert resumed.manifest["counts"] == clean.manifest["counts"]  # type: ignore[attr-defined]
 
 
 def bad_input_manifest(tmp_path: Path) -> Path:
