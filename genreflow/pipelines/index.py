@@ -153,9 +153,8 @@ def _build_task_gpus(config: fidx.IndexConfig) -> int:
     if config.resources.device == "cpu" or not (
         config.resources.address or os.environ.get("RAY_ADDRESS")
     ):
-        fidx.select_gpus(
-            config.resources.device, fidx.faiss_gpus()
-        )  # device=gpu without one: refused
+        # resources.device=gpu without a GPU here: refused
+        fidx.select_gpus(config.resources.device, fidx.faiss_gpus())
         return 0
     init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     present, possible = cluster_gpus()
