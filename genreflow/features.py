@@ -115,18 +115,44 @@ def log_mel(
     Returns:
         ``[n_mels, 1 + n_samples // hop_length]`` float32.
     """
+    mel = mel_power(
+        samples,
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        fmin=fmin,
+        fmax=fmax,
+    )
+    return _compress(mel, "db")
+
+
+LOG1P_GAIN = 10000.0  # musicnn's compression: log10(1 + 10000 mel)
+
+
+def mel_power(
+    samples: np.ndarray,
+    *,
+    sample_rate: int,
+    n_fft: int,
+    hop_length: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+) -> np.ndarray:
+    """Mel power spectrogram ``[n_mels, 1 + n_samples // hop_length]`` float32 (what
+    ``librosa.feature.melspectrogram`` returns, to float32 rounding)."""
     power = power_spectrogram(samples, n_fft=n_fft, hop_length=hop_length)
     filters = mel_filterbank(
         sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
     )
-    mel = np.asarray(filters @ power, dtype=np.float32)  # [n_mels, frames]
-    db = 10.0 * np.log10(np.maximum(mel, AMIN))
-    return np.maximum(db, np.float32(FLOOR_DB)).astype(np.float32, copy=False)
+    return np.asarray(filters @ power, dtype=np.float32)
 
 
 def log_mel_for_spec(samples: np.ndarray, spec: TokenSpec) -> np.ndarray:
-    """:func:`log_mel` with every parameter from ``spec``; ``[n_mels, spec.n_frames]``."""
-    return log_mel(
+    """The spec's compressed mel spectrogram ``[n_mels, spec.n_frames]`` float32: dB as
+    :func:`log_mel` for ``scale="db"``, ``log10(1 + 10000 mel)`` for ``"log1p"``."""
+    mel = mel_power(
         samples,
         sample_rate=spec.sample_rate,
         n_fft=spec.n_fft,
@@ -135,6 +161,14 @@ def log_mel_for_spec(samples: np.ndarray, spec: TokenSpec) -> np.ndarray:
         fmin=spec.fmin,
         fmax=spec.fmax,
     )
+    return _compress(mel, spec.scale)
+
+
+def _compress(mel: np.ndarray, scale: str) -> np.ndarray:
+    if scale == "log1p":
+        return np.log10(np.float32(1.0) + np.float32(LOG1P_GAIN) * mel).astype(np.float32)
+    db = 10.0 * np.log10(np.maximum(mel, AMIN))
+    return np.maximum(db, np.float32(FLOOR_DB)).astype(np.float32, copy=False)
 
 
 def log_mel_torch(samples: Any, spec: TokenSpec) -> Any:
@@ -144,9 +178,9 @@ def log_mel_torch(samples: Any, spec: TokenSpec) -> Any:
         samples: mono audio ``[batch, n_samples]`` float32 tensor at ``spec.sample_rate``.
 
     Returns:
-        ``[batch, n_mels, 1 + n_samples // hop_length]`` float32 tensor in dB. On a GPU
-        it agrees with the numpy front end to float32 rounding of the FFT (bench/gpu_check.py
-        states the tolerance).
+        ``[batch, n_mels, 1 + n_samples // hop_length]`` float32, compressed as
+        ``spec.scale`` says (dB or log1p). On a GPU it agrees with the numpy front end to
+        float32 rounding of the FFT (bench/gpu_check.py states the tolerance).
     """
     import torch
 
@@ -169,5 +203,7 @@ def log_mel_torch(samples: Any, spec: TokenSpec) -> Any:
     )  # [batch, bins, frames]
     power = spectrum.real.square() + spectrum.imag.square()
     mel = torch.matmul(torch.from_numpy(filters.copy()).to(device), power)
+    if spec.scale == "log1p":
+        return torch.log10(1.0 + LOG1P_GAIN * mel)
     db = 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
     return torch.clamp(db, min=FLOOR_DB)

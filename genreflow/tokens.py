@@ -19,13 +19,17 @@ import numpy as np
 
 from genreflow.errors import ConfigError, SpecMismatchError
 
+SCALES = ("db", "log1p")
+
 
 @dataclass(frozen=True)
 class TokenSpec:
     """Audio front end and token layout.
 
     ``stride_s`` is the hop between token starts; ``None`` spreads the tokens evenly
-    so the first starts at 0 s and the last ends at the clip's end.
+    so the first starts at 0 s and the last ends at the clip's end. ``scale`` is how
+    mel power is compressed: ``db`` (``10 log10``, floor -100 dB) or ``log1p``
+    (``log10(1 + 10000 mel)``, musicnn's input).
     """
 
     sample_rate: int = 22050
@@ -38,6 +42,7 @@ class TokenSpec:
     n_tokens: int = 10
     token_s: float = 4.0
     stride_s: float | None = None
+    scale: str = "db"
 
     def __post_init__(self) -> None:
         positive = ("sample_rate", "clip_s", "n_fft", "hop_length", "n_mels", "n_tokens", "token_s")
@@ -54,6 +59,10 @@ class TokenSpec:
             raise ConfigError(
                 f"token spec: need fmin < fmax <= {nyquist:g} Hz, got fmin={self.fmin}, "
                 f"fmax={self.fmax}"
+            )
+        if self.scale not in SCALES:
+            raise ConfigError(
+                f"token spec: scale must be one of {list(SCALES)}, got {self.scale!r}"
             )
         if self.stride_s is not None and self.stride_s <= 0:
             raise ConfigError(f"token spec: stride_s must be > 0, got {self.stride_s}")
@@ -109,7 +118,10 @@ class TokenSpec:
         return np.stack([starts, ends], axis=1)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["scale"] == "db":  # specs written before `scale` existed hash as before
+            del data["scale"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSpec:
@@ -133,11 +145,21 @@ PRESETS: dict[str, TokenSpec] = {
     "paper000": TokenSpec(),
     # Paper 001: 10 slices of ~3 s, 128 mels x 128 frames each.
     "paper001": TokenSpec(token_s=128 * 512 / 22050, stride_s=3.0),
+    # musicnn's input (genreflow.models.musicnn): 16 kHz, 96 mels, n_fft 512, hop 256,
+    # log10(1 + 10000 mel); 10 tokens of 187 frames (3 s), the patch its weights know.
+    "musicnn": TokenSpec(
+        sample_rate=16000,
+        n_fft=512,
+        hop_length=256,
+        n_mels=96,
+        token_s=187 * 256 / 16000,
+        scale="log1p",
+    ),
 }
 
 
 def preset(name: str) -> TokenSpec:
-    """A named token spec (``paper000``, ``paper001``)."""
+    """A named token spec (``paper000``, ``paper001``, ``musicnn``)."""
     try:
         return PRESETS[name]
     except KeyError:
