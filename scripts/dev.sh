@@ -21,11 +21,14 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
-stamp=".venv/.genreflow-$what-$(cat pyproject.toml scripts/constraints.txt | sha1sum | cut -c1-12)"
+stamp=".venv/.genreflow-$what-$(cat pyproject.toml scripts/constraints.txt scripts/dev.sh | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   # torch first and exact: the CPU wheel, never an open range that pulls a CUDA build.
   "${pip[@]}" install -q -c scripts/constraints.txt torch==2.13.0
   "${pip[@]}" install -q -c scripts/constraints.txt -e ".[$extras]"
+  # musicnn's pretrained weights (genreflow.pretrained.musicnn reads its data files, never
+  # its code): --no-deps, as its metadata pins TensorFlow and an old numpy.
+  "${pip[@]}" install -q --no-deps -c scripts/constraints.txt musicnn
   touch "$stamp"
 fi
 

@@ -104,7 +104,14 @@ class GenreModel(nn.Module):
         # is not (NaN/inf inside, or finite values overflowing) takes the exact check
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ShapeError(f"{self.name}: tokens hold NaN or infinite values")
+        if self.spec.scale == "log1p":  # already in [0, ~7]; the first batch norm centres it
+            return x
         return (x + INPUT_SHIFT_DB) / INPUT_SCALE_DB
+
+    def load_pretrained(self) -> None:
+        """Put pretrained weights into the parts that start from them (a pretrained
+        front end); a model learned from scratch has none. Training calls this once
+        before the first epoch; a checkpoint already holds them."""
 
     def forward(
         self,

@@ -6,6 +6,12 @@ tokens; additive attention pooling gives each token an importance ``a_t`` (softm
 real tokens) and the classifier reads ``sum_t a_t h_t``. The track's *signature* is
 ``sum_t a_t e_t``: the CNN embeddings weighted by the softmax of the attention scores
 (paper 000, section 3.2) — the vector the recommendation index is built on.
+
+``frontend`` chooses the token encoder: ``cnn`` (learned from scratch, the ``tiny`` and
+``paper`` presets) or pretrained musicnn (``MSD_musicnn``/``MTT_musicnn``, the
+``musicnn`` preset; :class:`~genreflow.models.musicnn.MusicnnFrontend`), frozen or with
+``finetune``. With musicnn, ``e_t`` is its 200-d penultimate feature of the token, so
+the signature lives in the pretrained space; attention reads a projection of it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from genreflow.models.base import (
     per_token,
     token_encoder,
 )
+from genreflow.models.musicnn import MusicnnFrontend, check_musicnn_spec
 from genreflow.tokens import TokenSpec
 
 
@@ -38,6 +45,8 @@ class SignatureAttention(GenreModel):
             "ffn": 64,
             "attn_hidden": 32,
             "dropout": 0.1,
+            "frontend": "cnn",
+            "finetune": False,
         },
         "paper": {
             "input_pool": 1,
@@ -47,6 +56,19 @@ class SignatureAttention(GenreModel):
             "ffn": 256,
             "attn_hidden": 128,
             "dropout": 0.3,
+            "frontend": "cnn",
+            "finetune": False,
+        },
+        "musicnn": {
+            "input_pool": 1,
+            "channels": [],
+            "d_model": 128,
+            "heads": 4,
+            "ffn": 256,
+            "attn_hidden": 128,
+            "dropout": 0.3,
+            "frontend": "MSD_musicnn",
+            "finetune": False,
         },
     }
 
@@ -63,9 +85,16 @@ class SignatureAttention(GenreModel):
             spec, n_genres=n_genres, n_moods=n_moods, preset=preset, overrides=overrides
         )
         p = self.hp
-        channels = [1, *p["channels"]]
         d = int(p["d_model"])
-        self.token_cnn = token_encoder(channels, d)
+        self.frontend: MusicnnFrontend | None = None
+        if p["frontend"] == "cnn":
+            self.token_cnn: nn.Module = token_encoder([1, *p["channels"]], d)
+            self.project: nn.Module = nn.Identity()
+        else:
+            check_musicnn_spec(spec, model=self.name)
+            self.frontend = MusicnnFrontend(str(p["frontend"]), trainable=bool(p["finetune"]))
+            self.token_cnn = nn.Identity()
+            self.project = nn.Sequential(nn.Linear(MusicnnFrontend.out_dim, d), nn.ReLU())
         self.position = nn.Parameter(torch.randn(1, spec.n_tokens, d) * 0.02)
         self.attention = nn.MultiheadAttention(
             d, int(p["heads"]), dropout=p["dropout"], batch_first=True
@@ -78,6 +107,10 @@ class SignatureAttention(GenreModel):
         self.pool = AttentionPool(d, int(p["attn_hidden"]))
         self.classifier = nn.Sequential(nn.Dropout(p["dropout"]), nn.Linear(d, n_genres))
 
+    def load_pretrained(self) -> None:
+        if self.frontend is not None:
+            self.frontend.load_pretrained()
+
     def forward(
         self, tokens: Tensor, token_mask: Tensor | None = None, lyrics: Tensor | None = None
     ) -> ModelOutput:
@@ -88,8 +121,11 @@ class SignatureAttention(GenreModel):
         mask = mask_or_ones(token_mask, x)  # [b, t]
         if not bool(mask.any(dim=1).all()):
             raise ShapeError(f"{self.name}: every track needs at least one real token")
-        e = self.token_cnn(per_token(x, self.input_pool)).reshape(b, t, -1)  # [b, t, d]
-        h = e + self.position[:, :t]
+        if self.frontend is not None:
+            e = self.frontend(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1)  # [b, t, 200]
+        else:
+            e = self.token_cnn(per_token(x, self.input_pool)).reshape(b, t, -1)  # [b, t, d]
+        h = self.project(e) + self.position[:, :t]  # [b, t, d]
         a, _ = self.attention(h, h, h, key_padding_mask=~mask, need_weights=False)
         h = self.norm1(h + a)
         h = self.norm2(h + self.ffn(h))  # [b, t, d]
