@@ -1,8 +1,11 @@
 """Genre analysis over attention signatures (paper 000, section 3.2). Pure numpy.
 
-A genre's embedding is the mean of its tracks' L2-normalised signatures, normalised
-again; genres are compared by cosine similarity. Everything here accumulates over
-streamed batches, so the catalog never sits in memory at once.
+A genre's embedding is the mean of its tracks' L2-normalised signatures, minus the
+catalog's mean signature (the component every track shares, which otherwise makes all
+genres look alike), normalised again; genres are compared by cosine similarity. An
+analogy counts only where it beats the same analogies over shuffled genre labels
+(:func:`analogy_null`). Everything here accumulates over streamed batches, so the
+catalog never sits in memory at once.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ from genreflow.config import path_field
 
 @dataclass
 class GenreAccumulator:
-    """Running sums of signatures per genre."""
+    """Running sums of signatures per genre, and over the whole catalog."""
 
     sums: dict[str, np.ndarray] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    total: np.ndarray | None = None
+    tracks: int = 0
+    squared_norms: float = 0.0
 
     def add(self, genres: Sequence[str | None], vectors: np.ndarray) -> None:
-        """Add ``vectors`` ``[n, dim]``; rows whose genre is None are skipped."""
+        """Add ``vectors`` ``[n, dim]``; every row counts towards the catalog mean, rows
+        whose genre is None towards no genre."""
+        if len(vectors):
+            batch = np.asarray(vectors, dtype=np.float64).sum(axis=0)
+            self.total = batch if self.total is None else self.total + batch
+            self.tracks += len(vectors)
+            self.squared_norms += float(np.square(np.asarray(vectors, np.float64)).sum())
         for genre, vector in zip(genres, vectors, strict=True):
             if genre is None:
                 continue
@@ -34,12 +46,30 @@ class GenreAccumulator:
                 self.sums[genre] = np.array(vector, dtype=np.float64)
             self.counts[genre] = self.counts.get(genre, 0) + 1
 
-    def embeddings(self, *, max_genres: int | None = None) -> tuple[list[str], np.ndarray]:
-        """Genre names (largest first, then by name) and their unit embeddings ``[g, dim]``."""
+    def mean(self) -> np.ndarray:
+        """The catalog's mean signature ``[dim]``."""
+        if self.total is None:
+            return np.zeros(0)
+        return self.total / self.tracks
+
+    def shared_fraction(self) -> float:
+        """How much of the signatures' second moment the shared (mean) component holds:
+        ``|mean|^2 / mean(|x|^2)``, 1 when every track has the same signature."""
+        if not self.tracks or self.squared_norms == 0:
+            return 0.0
+        return float(np.square(self.mean()).sum() / (self.squared_norms / self.tracks))
+
+    def embeddings(
+        self, *, max_genres: int | None = None, centre: bool = True
+    ) -> tuple[list[str], np.ndarray]:
+        """Genre names (largest first, then by name) and their unit embeddings ``[g, dim]``,
+        each genre's mean minus the catalog's (``centre``) before normalising."""
         names = sorted(self.sums, key=lambda g: (-self.counts[g], g))[:max_genres]
         if not names:
             return [], np.zeros((0, 0), np.float32)
         matrix = np.stack([self.sums[g] / self.counts[g] for g in names])
+        if centre:
+            matrix = matrix - self.mean()
         return names, _normalise(matrix).astype(np.float32)
 
 
@@ -103,6 +133,34 @@ def analogies(names: Sequence[str], embeddings: np.ndarray) -> list[Analogy]:
     return found
 
 
+def analogy_null(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    mean: np.ndarray | None,
+    *,
+    permutations: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """Analogy scores when genre means carry no genre: ``labels`` of a track sample
+    ``vectors [n, dim]`` are shuffled ``permutations`` times, the genres' (centred by
+    ``mean``) embeddings rebuilt from the sample and every analogy scored. Returns all
+    those scores; an analogy of the real genres means something only above most of them.
+    """
+    rng = np.random.default_rng(seed)
+    scores: list[float] = []
+    present = [g for g in names if np.any(labels == g)]
+    if len(present) < 4:
+        return np.zeros(0)
+    for _ in range(permutations):
+        shuffled = rng.permutation(labels)
+        matrix = np.stack([vectors[shuffled == g].mean(axis=0) for g in present])
+        if mean is not None:
+            matrix = matrix - mean
+        scores += [a.score for a in analogies(present, _normalise(matrix))]
+    return np.asarray(scores)
+
+
 def pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Principal components of the rows of ``x`` ``[n, dim]``.
 
@@ -161,6 +219,9 @@ class AnalyzeConfig:
     model_version: str | None = None  # null: the newest finished label partition's
     analogy_threshold: float = 0.8  # cosine of A - B + C and D to count as an analogy
     max_analogies: int = 20
+    centre: bool = True  # subtract the catalog's mean signature before cosine, PCA, analogies
+    null_quantile: float = 0.99  # an analogy must beat this quantile of shuffled-label scores
+    null_permutations: int = 5  # shuffles of the sampled tracks' genres for that null
     max_genres: int = 50  # the largest genres, for the pictures and analogies
     sample_tracks: int = 2_000  # tracks drawn for the track-level PCA picture
     heatmap_tracks: int = 2  # tracks per genre in the attention heat-maps
@@ -179,3 +240,7 @@ class AnalyzeConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_analogies < 0 or self.heatmap_tracks < 0:
             raise ConfigError("max_analogies and heatmap_tracks must be >= 0")
+        if not 0 <= self.null_quantile <= 1 or self.null_permutations < 0:
+            raise ConfigError(
+                "null_quantile must be in [0, 1] and null_permutations >= 0 (0: no null)"
+            )

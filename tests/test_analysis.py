@@ -16,11 +16,16 @@ def test_genre_embeddings_are_normalised_means_streamed_in_batches() -> None:
     acc = analysis.GenreAccumulator()
     for i in range(0, 30, 7):  # batch boundaries must not matter
         acc.add(genres[i : i + 7], vectors[i : i + 7])
-    names, emb = acc.embeddings()
+    names, emb = acc.embeddings(centre=False)
     assert sorted(names) == ["a", "b", "c"] and acc.counts == {"a": 8, "b": 8, "c": 7}
     for name, row in zip(names, emb, strict=True):
         mean = vectors[[g == name for g in genres]].mean(axis=0)
         np.testing.assert_allclose(row, mean / np.linalg.norm(mean), atol=1e-6)
+    # centred (the default): the catalog's mean over every track, genre or not, removed
+    _, centred = acc.embeddings()
+    for name, row in zip(names, centred, strict=True):
+        diff = vectors[[g == name for g in genres]].mean(axis=0) - vectors.mean(axis=0)
+        np.testing.assert_allclose(row, diff / np.linalg.norm(diff), atol=1e-6)
     assert names[:2] == ["a", "b"]  # largest first, then by name
     assert acc.embeddings(max_genres=1)[0] == ["a"]
 
@@ -45,6 +50,38 @@ def test_nearest_genres_and_analogies() -> None:
     # each {A, C} pair once per B: 5 genres -> C(5,2) * 3 analogies
     assert len(found) == 10 * 3
     assert analysis.analogies(names[:3], emb[:3]) == []
+
+
+def test_a_shared_component_is_measured_and_centring_separates_genres() -> None:
+    """Signatures = a large shared direction + a small genre direction: uncentred, every
+    genre pair looks alike (cosine > 0.9); centred, the genres are apart, the shared
+    fraction says how much the common part held, and shuffled labels give the null."""
+    rng = np.random.default_rng(2)
+    dim, genres = 16, ["g0", "g1", "g2", "g3", "g4"]
+    shared = np.zeros(dim)
+    shared[0] = 1.0
+    labels = np.array([genres[i % 5] for i in range(500)], dtype=object)
+    vectors = np.stack(
+        [
+            shared + 0.3 * np.eye(dim)[1 + genres.index(g)] + 0.05 * rng.normal(size=dim)
+            for g in labels
+        ]
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    acc = analysis.GenreAccumulator()
+    acc.add(list(labels), vectors)
+    names, raw = acc.embeddings(centre=False)
+    assert analysis.similarity(raw)[np.triu_indices(5, 1)].min() > 0.9
+    _, centred = acc.embeddings()
+    assert analysis.similarity(centred)[np.triu_indices(5, 1)].max() < 0.0
+    mean = vectors.mean(axis=0)
+    assert acc.shared_fraction() == pytest.approx(float(mean @ mean), rel=1e-9)
+    assert 0.85 < acc.shared_fraction() < 1
+    null = analysis.analogy_null(vectors, labels, names, mean, permutations=3, seed=0)
+    assert null.size == 3 * len(analysis.analogies(names, centred))
+    # an analogy over the real genres is no better than chance here: the directions are
+    # orthogonal, so no A - B + C points at a D
+    assert max(a.score for a in analysis.analogies(names, centred)) < 0.9
 
 
 def test_pca_matches_the_covariance_eigenvectors() -> None:

@@ -124,14 +124,28 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
     files, version, _ = label_files(config.labels, config.model_version)
     mark_started()
     scan, sample = scan_labels(files, version=version, config=config)
-    names, emb = scan.genres.embeddings(max_genres=config.max_genres)
+    names, emb = scan.genres.embeddings(max_genres=config.max_genres, centre=config.centre)
     if len(names) < 2:
         raise GenreflowError(
             f"the labels of model {version} hold {len(names)} genre(s): an analysis needs 2 or more"
         )
     nearest = analysis.nearest_genres(names, emb, k=2)
     every = analysis.analogies(names, emb)
-    found = [a for a in every if a.score >= config.analogy_threshold][: config.max_analogies]
+    null_scores = (
+        analysis.analogy_null(
+            sample.vectors,
+            sample.labels,
+            names,
+            scan.genres.mean() if config.centre else None,
+            permutations=config.null_permutations,
+            seed=config.seed,
+        )
+        if sample.vectors is not None and config.null_permutations
+        else np.zeros(0)
+    )
+    null_bar = float(np.quantile(null_scores, config.null_quantile)) if null_scores.size else -1.0
+    bar = max(config.analogy_threshold, null_bar)
+    found = [a for a in every if a.score > bar][: config.max_analogies]
     pictures = _pictures(config.out, names, emb, scan, sample)
     data: dict[str, Any] = {
         "model_version": version,
@@ -143,6 +157,14 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
             g: [{"genre": n, "cosine": round(s, 4)} for n, s in v] for g, v in nearest.items()
         },
         "analogy_threshold": config.analogy_threshold,
+        "centred": config.centre,
+        "shared_component_fraction": round(scan.genres.shared_fraction(), 4),
+        "analogy_null": {
+            "quantile": config.null_quantile,
+            "score": round(null_bar, 4) if null_scores.size else None,
+            "permutations": config.null_permutations,
+            "sample_tracks": 0 if sample.vectors is None else len(sample.vectors),
+        },
         "analogies": [a.__dict__ for a in found],
         "closest_analogies": [a.__dict__ for a in every[:5]],
         "accuracy": scan.confusion.accuracy() if scan.confusion.total else None,
@@ -292,6 +314,16 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
             f"<p>Top-1 accuracy on the {data['test_tracks']} test-split tracks (held out "
             f"from training): {data['accuracy']:.3f}.</p>"
         )
+    shared = data["shared_component_fraction"]
+    parts.append(
+        f"<p>The component every track's signature shares (the catalog mean) holds "
+        f"{100 * shared:.1f}% of the signatures' second moment; "
+        + (
+            "genre embeddings are compared after subtracting it.</p>"
+            if data["centred"]
+            else "it is <b>not</b> subtracted (centre=false), so genres look alike.</p>"
+        )
+    )
     parts.append("<h2>Nearest genres (2-NN on genre embeddings)</h2><table>")
     parts.append("<tr><th>genre</th><th>tracks</th><th>nearest</th><th>second</th></tr>")
     for g in names:
@@ -301,7 +333,16 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
     parts.append("</table>")
     parts.append(
         f"<h2>Genre analogies</h2><p>A − B + C ≈ D where the cosine similarity of A − B + C "
-        f"and D is at least {data['analogy_threshold']}:</p>"
+        f"and D is above {data['analogy_threshold']}"
+        + (
+            f" and above {data['analogy_null']['score']:.3f}, the "
+            f"{100 * data['analogy_null']['quantile']:g}th percentile of the same analogies "
+            f"over shuffled genre labels ({data['analogy_null']['permutations']} shuffles of "
+            f"{data['analogy_null']['sample_tracks']} sampled tracks)"
+            if data["analogy_null"]["score"] is not None
+            else ""
+        )
+        + ":</p>"
     )
     if data["analogies"]:
         parts.append("<ul>")
@@ -317,7 +358,7 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
             for a in data["closest_analogies"]
         )
         parts.append(
-            f"<p>None reach the threshold{' (needs 4 or more genres)' if len(names) < 4 else ''}"
+            f"<p>None beat the threshold{' (needs 4 or more genres)' if len(names) < 4 else ''}"
             f"{'. Closest: ' + closest if closest else ''}.</p>"
         )
     for key, name in data["pictures"].items():
