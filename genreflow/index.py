@@ -1,7 +1,9 @@
 """The similarity index over attention signatures: plan, build, tune, publish, search.
 
 Pure FAISS over iterators of ``(track_ids, vectors)`` blocks; no Ray here. Vectors are
-L2-normalised signatures, so cosine similarity is the inner product.
+L2-normalised signatures, so cosine similarity is the inner product; by default the
+catalog's mean signature is subtracted first (``centre``), so the component every track
+shares does not swamp what tells them apart.
 
 Build (:func:`build_index`), in two streaming passes over the blocks:
 1. count the vectors and draw a uniform sample (training vectors plus held-out queries);
@@ -31,7 +33,14 @@ import numpy as np
 
 from genreflow.config import RayResources, path_field
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
-from genreflow.formats.index import FORMAT, IDS_FILE, INDEX_FILE, NEIGHBOURS_DIR, set_search_param
+from genreflow.formats.index import (
+    FORMAT,
+    IDS_FILE,
+    INDEX_FILE,
+    NEIGHBOURS_DIR,
+    centre_vectors,
+    set_search_param,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,7 @@ class IndexConfig:
     recall_target: float = 0.95
     neighbours: int = 10  # neighbours per track in the table; 0: no table
     keep_versions: int = 2  # published versions kept (readers of the last one finish)
+    centre: bool = True  # index signatures minus the catalog's mean (queries are centred too)
     seed: int = 0
     resources: IndexResources = field(default_factory=IndexResources)
 
@@ -227,6 +237,7 @@ class BuiltIndex:
     exact_qps: float = 0.0
     build_seconds: float = 0.0
     gpus: int = 0
+    centre: np.ndarray | None = None  # the mean signature subtracted before normalising
 
     @property
     def count(self) -> int:
@@ -325,12 +336,17 @@ def build_index(
     n_queries = config.tune_queries
     sample = Reservoir(config.train_size + n_queries, seed=config.seed)
     dim = 0
+    total: np.ndarray | None = None
     for block in blocks():
         dim = _check_dim(block.vectors, dim)
         sample.add(block.vectors)
+        block_sum = np.asarray(block.vectors, dtype=np.float64).sum(axis=0)
+        total = block_sum if total is None else total + block_sum
     count = sample.seen
-    if count == 0 or sample.vectors is None:
+    if count == 0 or sample.vectors is None or total is None:
         raise GenreflowError("no embeddings to index: the labels hold no rows for it")
+    centre = (total / count).astype(np.float32) if config.centre else None
+    sample.vectors = centre_vectors(sample.vectors, centre)
     plan = plan_index(count, dim, config)
     log.info("indexing %d vectors of dimension %d as %s", count, dim, plan.factory)
 
@@ -371,8 +387,8 @@ def build_index(
     ids: list[str] = []
     genres: list[str | None] = []
     for block in blocks():
-        vectors = np.ascontiguousarray(block.vectors, dtype=np.float32)
-        _check_dim(vectors, dim)
+        _check_dim(block.vectors, dim)
+        vectors = centre_vectors(block.vectors, centre)
         offset = len(ids)
         fill.add(vectors)
         ids.extend(str(t) for t in block.track_ids)
@@ -396,6 +412,7 @@ def build_index(
         dim=dim,
         exact_qps=len(queries) / exact_seconds if exact_seconds else 0.0,
         gpus=gpus,
+        centre=centre,
     )
     truth = _drop_self(heap.I, query_pos, RECALL_K)
     tune(built, queries, query_pos, truth, target=config.recall_target)
@@ -496,7 +513,8 @@ def manifest(built: BuiltIndex, *, version: str, extra: dict[str, Any]) -> dict[
     return {
         "format": FORMAT,
         "version": version,
-        "metric": "inner_product",  # cosine on L2-normalised signatures
+        "metric": "inner_product",  # cosine on L2-normalised (centred) signatures
+        "centre": None if built.centre is None else [float(v) for v in built.centre],
         "dimension": built.dim,
         "count": built.count,
         "index_type": built.plan.kind,

@@ -56,14 +56,23 @@ def test_exact_index_equals_brute_force_search(tmp_path: Path) -> None:
     assert built.track_ids[:2] == ["t0", "t1"] and built.genres[:2] == ["g0", "g1"]
     index = loaded(built, tmp_path / "v-1")
     own = np.arange(600)
-    scores, found = index.search(x, 5, exclude=own)
-    expected = brute_force(x, x, 5, own)
+    scores, found = index.search(x, 5, exclude=own)  # label embeddings in, centred inside
+    xc = unit(x - x.mean(axis=0))  # the default: the catalog's mean signature removed
+    expected = brute_force(xc, xc, 5, own)
     np.testing.assert_array_equal(found, expected)
-    np.testing.assert_allclose(scores, np.take_along_axis(x @ x.T, expected, 1), atol=1e-5)
+    np.testing.assert_allclose(scores, np.take_along_axis(xc @ xc.T, expected, 1), atol=1e-5)
+    np.testing.assert_allclose(index.centre, x.mean(axis=0), atol=1e-6)
     rows = index.recommend("t7", 4)
     assert [r["track_id"] for r in rows] == [f"t{j}" for j in expected[7, :4]]
     assert all(r["track_id"] != "t7" for r in rows)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    # centre=false: cosine on the signatures as they are
+    raw = loaded(
+        fidx.build_index(blocks_of(x, 64), config=fidx.IndexConfig(tune_queries=50, centre=False)),
+        tmp_path / "v-2",
+    )
+    assert raw.centre is None
+    np.testing.assert_array_equal(raw.search(x, 5, exclude=own)[1], brute_force(x, x, 5, own))
 
 
 def test_ivf_reaches_the_recall_target_on_clustered_data(tmp_path: Path) -> None:
@@ -86,14 +95,16 @@ def test_ivf_reaches_the_recall_target_on_clustered_data(tmp_path: Path) -> None
     picks = rng.choice(len(x), 300, replace=False)
     queries = x[picks]
     _, found = index.search(queries, 10, exclude=picks)
-    truth = brute_force(x, queries, 10, picks)
+    xc = unit(x - x.mean(axis=0))
+    truth = brute_force(xc, xc[picks], 10, picks)
     assert fidx.recall_at_k(found, truth) >= 0.93
 
 
 def test_hnsw_and_compressed_indexes_build_and_report_their_recall(tmp_path: Path) -> None:
     x = clustered(4_000, 16, clusters=16, seed=2)
     picks = np.random.default_rng(5).choice(len(x), 300, replace=False)
-    truth = brute_force(x, x[picks], 10, picks)
+    xc = unit(x - x.mean(axis=0))  # what the index holds (centred by default)
+    truth = brute_force(xc, xc[picks], 10, picks)
     for kind in ("hnsw", "ivfsq", "ivfpq"):
         config = fidx.IndexConfig(index_type=kind, train_size=3_000, tune_queries=100)  # type: ignore[arg-type]
         built = fidx.build_index(blocks_of(x, 1_000), config=config)

@@ -47,6 +47,18 @@ NEIGHBOURS_SCHEMA = pa.schema(
 )
 
 
+def centre_vectors(vectors: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """What an index version stores and searches: ``vectors [n, dim]`` minus the
+    catalog's mean signature ``centre``, L2-normalised again (cosine without the
+    component every track shares). ``centre`` None: the vectors as they are."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if centre is None:
+        return vectors
+    shifted = vectors - np.asarray(centre, dtype=np.float32)
+    norms = np.linalg.norm(shifted, axis=1, keepdims=True)
+    return np.ascontiguousarray(shifted / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
 def set_search_param(index: faiss.Index, name: str, value: int) -> None:
     if name:
         faiss.ParameterSpace().set_index_parameter(index, name, int(value))
@@ -144,12 +156,26 @@ class LoadedIndex:
                 f"{self.info.get('model_version')}?"
             ) from None
 
+    @property
+    def centre(self) -> np.ndarray | None:
+        """The mean signature this version subtracts (None: built uncentred)."""
+        centre = self.info.get("centre")
+        return None if centre is None else np.asarray(centre, dtype=np.float32)
+
     def search(
-        self, vectors: np.ndarray, k: int, *, exclude: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        exclude: np.ndarray | None = None,
+        stored: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` neighbours of each row of ``vectors`` ``[q, dim]``.
 
         Args:
+            vectors: signatures as the label job writes them; centred here as the index
+                was (:func:`centre_vectors`), unless ``stored`` (vectors read back from
+                the index itself).
             exclude: ``[q]`` positions to leave out of each row's results (the query
                 track itself), or -1.
 
@@ -169,6 +195,8 @@ class LoadedIndex:
                 f"{self.dim} (model {self.info.get('model_version')}): embed the query with "
                 f"the index's checkpoint {self.info.get('checkpoint')!r}"
             )
+        if not stored:
+            vectors = centre_vectors(vectors, self.centre)
         extra = 1 if exclude is not None else 0
         scores, found = self.index.search(vectors, min(k + extra, self.count))
         if exclude is None:
@@ -192,7 +220,9 @@ class LoadedIndex:
     def recommend(self, track_id: str, k: int) -> list[dict[str, Any]]:
         """The ``k`` most similar catalog tracks to a catalog track, itself excluded."""
         pos = self.position(track_id)
-        scores, found = self.search(self.vector(track_id)[None], k, exclude=np.array([pos]))
+        scores, found = self.search(
+            self.vector(track_id)[None], k, exclude=np.array([pos]), stored=True
+        )
         return self.rows(scores[0], found[0])
 
     def rows(self, scores: np.ndarray, positions: np.ndarray) -> list[dict[str, Any]]:

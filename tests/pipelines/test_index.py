@@ -38,7 +38,10 @@ def build(labels: Path, out: Path, *overrides: str) -> index_pipeline.IndexResul
 
 
 def expected_neighbours(frame: pd.DataFrame, k: int) -> dict[str, list[str]]:
+    """Brute force over the signatures minus their mean, normalised (the default)."""
     vectors = np.stack(frame["embedding"].to_numpy())
+    vectors = vectors - vectors.mean(axis=0)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     scores = vectors @ vectors.T
     np.fill_diagonal(scores, -np.inf)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
