@@ -24,6 +24,7 @@ from genreflow import checkpoint as ckpt
 from genreflow import storage
 from genreflow.config import RayResources, path_field
 from genreflow.errors import ConfigError
+from genreflow.features import FLOOR_DB, LOG1P_GAIN
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
 from genreflow.tokens import TokenSpec
@@ -91,6 +92,14 @@ class TrainConfig:
     class_weighting: Literal["none", "balanced"] = "balanced"
     mood_loss_weight: float = 1.0
     early_stopping_patience: int = 0  # epochs without a better val macro-F1; 0: off
+    # --- the recipe (bench/RESULTS.md "Training recipe" measures each) ---
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 at `epochs`
+    warmup_epochs: int = 0  # linear warm-up from lr / (warmup + 1)
+    label_smoothing: float = 0.0  # genre and mood cross-entropy
+    mixup_alpha: float = 0.0  # mixup of tokens and labels, lambda ~ Beta(a, a); 0: off
+    spec_augment: int = 0  # time and frequency masks per token (each <= 1/8 of its axis)
+    gain_jitter_db: float = 0.0  # random gain per track, uniform in +-this many dB
+    offset_jitter: float = 0.0  # circular shift of every token's frames, up to this fraction
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     seed: int = 0
     deterministic: bool = False  # torch's deterministic algorithms: a rerun, or a run
@@ -116,6 +125,18 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"folds must be 0 (off) or >= 2, got {self.folds}")
+        ranges = {
+            "label_smoothing": (0.0, 1.0),
+            "mixup_alpha": (0.0, math.inf),
+            "gain_jitter_db": (0.0, math.inf),
+            "offset_jitter": (0.0, 1.0),
+        }
+        for name, (low, high) in ranges.items():
+            if not low <= getattr(self, name) < high:
+                raise ConfigError(f"{name} must be in [{low}, {high}), got {getattr(self, name)}")
+        for name in ("warmup_epochs", "spec_augment"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 # --- which rows train, validate and test ---------------------------------------------------
@@ -270,18 +291,82 @@ def batch_loss(
     *,
     class_weights: Tensor | None,
     mood_loss_weight: float,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Genre cross-entropy plus, where the model has a mood head, the mood cross-entropy
     over tracks with a known mood only (a missing label contributes nothing)."""
-    loss = nn.functional.cross_entropy(out.genre_logits.float(), genre, weight=class_weights)
+    loss = nn.functional.cross_entropy(
+        out.genre_logits.float(), genre, weight=class_weights, label_smoothing=label_smoothing
+    )
     if out.mood_logits is not None:
         known = mood >= 0
         per_track = nn.functional.cross_entropy(
-            out.mood_logits.float(), mood.clamp(min=0), reduction="none"
+            out.mood_logits.float(),
+            mood.clamp(min=0),
+            reduction="none",
+            label_smoothing=label_smoothing,
         )
         mood_loss = (per_track * known).sum() / known.sum().clamp(min=1)
         loss = loss + mood_loss_weight * mood_loss
     return loss
+
+
+# --- augmentation and the learning-rate schedule ---------------------------------------
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """The multiple of ``config.lr`` that ``epoch`` trains with: a linear warm-up over
+    ``warmup_epochs``, then constant or a cosine decay ending at 0 after ``epochs``."""
+    warmup = config.warmup_epochs
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = (epoch - warmup) / max(1, config.epochs - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def augment_tokens(tokens: Tensor, config: TrainConfig, spec: TokenSpec) -> Tensor:
+    """The recipe's input augmentation of a training batch ``[b, t, mels, frames]``
+    (float32, the spec's scale): random gain per track, a circular shift of the frames,
+    then SpecAugment-style masks set to each token's minimum. Draws from torch's global
+    generator, which the run seeds and its checkpoints carry."""
+    b, t, m, f = tokens.shape
+    device = tokens.device
+    x = tokens
+    if config.gain_jitter_db > 0:
+        gain_db = (torch.rand(b, 1, 1, 1, device=device) * 2 - 1) * config.gain_jitter_db
+        if spec.scale == "db":
+            x = torch.clamp(x + gain_db, min=FLOOR_DB)
+        else:  # log10(1 + g * mel): back to mel power, scale, compress again
+            mel = (torch.pow(10.0, x) - 1.0).clamp(min=0) / LOG1P_GAIN
+            x = torch.log10(1.0 + LOG1P_GAIN * mel * torch.pow(10.0, gain_db / 10.0))
+    if config.offset_jitter > 0:
+        most = max(1, int(config.offset_jitter * f))
+        shift = int(torch.randint(-most, most + 1, (1,)))
+        x = torch.roll(x, shifts=shift, dims=3)
+    if config.spec_augment > 0:
+        floor = x.amin(dim=(2, 3), keepdim=True)  # [b, t, 1, 1]
+        keep = torch.ones(b, t, m, f, dtype=torch.bool, device=device)
+        for axis, size in ((2, m), (3, f)):
+            for _ in range(config.spec_augment):
+                width = torch.randint(0, max(1, size // 8) + 1, (b, t, 1, 1), device=device)
+                start = (torch.rand(b, t, 1, 1, device=device) * (size - width + 1)).long()
+                pos = torch.arange(size, device=device)
+                pos = pos.view(1, 1, size, 1) if axis == 2 else pos.view(1, 1, 1, size)
+                keep &= ~((pos >= start) & (pos < start + width))
+        x = torch.where(keep, x, floor)
+    return x
+
+
+def mixup(batch: dict[str, Tensor], alpha: float) -> tuple[dict[str, Tensor], Tensor, float]:
+    """Mix every track's tokens with another's: ``lam * x_i + (1 - lam) * x_j``.
+    Returns the mixed batch, the partner order ``j`` and ``lam``."""
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,)))).beta(alpha, alpha))
+    order = torch.randperm(batch["tokens"].shape[0], device=batch["tokens"].device)
+    mixed = dict(batch)
+    mixed["tokens"] = lam * batch["tokens"] + (1.0 - lam) * batch["tokens"][order]
+    return mixed, order, lam
 
 
 def forward(model: nn.Module, batch: dict[str, Tensor]) -> ModelOutput:
@@ -324,10 +409,12 @@ def evaluate(
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer over the trainable parameters (a frozen front end has none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=config.lr,
         momentum=config.momentum,
         nesterov=True,
@@ -473,6 +560,7 @@ class TrainingRecipe:
             vocab_size=len(self.words) if self.words else None,
             word_vectors=word_vectors,  # a lyrics model's starting word embeddings
         )
+        self.model.load_pretrained()  # a pretrained front end's weights; restore() may replace
         self.net: nn.Module = self.model
         self.optimizer = make_optimizer(self.model, config)
         self.precision = choose_precision(config.mixed_precision, self.device)
@@ -522,27 +610,49 @@ class TrainingRecipe:
         return self.net.module if isinstance(self.net, DistributedDataParallel) else self.net
 
     def step(self, batch: dict[str, Tensor]) -> float:
-        """One optimisation step on ``batch`` (on the device); its loss."""
-        precision = self.precision
+        """One optimisation step on ``batch`` (on the device), with the recipe's
+        augmentation; its loss."""
+        precision, config = self.precision, self.config
+        if config.gain_jitter_db or config.offset_jitter or config.spec_augment:
+            batch = {**batch, "tokens": augment_tokens(batch["tokens"].float(), config, self.spec)}
+        order, lam = None, 1.0
+        if config.mixup_alpha > 0:
+            batch, order, lam = mixup(
+                {**batch, "tokens": batch["tokens"].float()}, config.mixup_alpha
+            )
         with torch.autocast(
             self.device.type, dtype=precision.dtype, enabled=precision.dtype is not None
         ):
             out = forward(self.net, batch)
-        loss = batch_loss(
-            out,
-            batch["genre_idx"],
-            batch["mood_idx"],
-            class_weights=self.class_weights,
-            mood_loss_weight=self.config.mood_loss_weight,
-        )
+
+        def loss_for(genre: Tensor, mood: Tensor) -> Tensor:
+            return batch_loss(
+                out,
+                genre,
+                mood,
+                class_weights=self.class_weights,
+                mood_loss_weight=config.mood_loss_weight,
+                label_smoothing=config.label_smoothing,
+            )
+
+        loss = loss_for(batch["genre_idx"], batch["mood_idx"])
+        if order is not None:
+            partner = loss_for(batch["genre_idx"][order], batch["mood_idx"][order])
+            loss = lam * loss + (1.0 - lam) * partner
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())  # also waits for the device to finish
 
-    def train_epoch(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
-        """Train on every batch; the epoch's loss and where its time went."""
+    def train_epoch(
+        self, batches: Iterable[dict[str, Tensor]], *, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Train on every batch (at ``epoch``'s learning rate, :func:`lr_factor`); the
+        epoch's loss and where its time went."""
+        lr = self.config.lr * lr_factor(self.config, epoch if epoch is not None else 0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.net.train()
         started, waited, first_wait, computed = time.perf_counter(), 0.0, 0.0, 0.0
         cpu_started = time.process_time()  # every thread of this worker, Ray's included
@@ -564,6 +674,7 @@ class TrainingRecipe:
             "cpu_seconds": time.process_time() - cpu_started,
             "first_batch_wait_seconds": first_wait,
             "steps": len(losses),
+            "lr": lr,
         }
 
     def evaluate(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:

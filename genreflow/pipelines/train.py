@@ -774,7 +774,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             yield to_device(batch, device)
 
     for epoch in range(recipe.start_epoch, config.epochs):
-        trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch))
+        trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch), epoch=epoch)
         val = recipe.evaluate(batches(val_shard))
         metrics, stop = recipe.end_epoch(epoch, trained, val)
         if rank == 0:
