@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOB_CONFIGS = {
     "ingest.yaml": IngestConfig,
     "train.yaml": TrainConfig,
+    "train-musicnn.yaml": TrainConfig,
     "label.yaml": LabelConfig,
     "index.yaml": IndexConfig,
     "analyze.yaml": AnalyzeConfig,
@@ -94,7 +95,7 @@ def test_a_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:
 def test_every_job_config_loads_and_starts_with_its_submit_line(name: str) -> None:
     path = REPO / "configs" / name
     first = path.read_text().splitlines()[0]
-    job = name.replace(".yaml", "")
+    job = name.replace(".yaml", "").split("-")[0]
     assert first.startswith("# ray job submit --working-dir . -- python jobs/")
     assert f"--config configs/{name}" in first
     script = first.split("python ", 1)[1].split()[0]

@@ -66,7 +66,7 @@ class SignatureAttention(GenreModel):
             "heads": 4,
             "ffn": 256,
             "attn_hidden": 128,
-            "dropout": 0.3,
+            "dropout": 0.5,
             "frontend": "MSD_musicnn",
             "finetune": False,
         },

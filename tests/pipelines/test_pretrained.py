@@ -1,0 +1,79 @@
+"""The recommended training (configs/train-musicnn.yaml) through the real jobs: ingest
+with the musicnn spec, train on the frozen pretrained front end, load the checkpoint
+with ``weights_only=True`` and label with the existing label job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genreflow import checkpoint as ckpt
+from genreflow.config import load_config
+from genreflow.demo_catalog import make_demo_catalog
+from genreflow.formats.labels import read_labels
+from genreflow.ingest import IngestConfig
+from genreflow.label import LabelConfig
+from genreflow.models.musicnn import MusicnnFrontend
+from genreflow.pipelines.ingest import run_ingest
+from genreflow.pipelines.label import run_label
+from genreflow.pipelines.train import run_train
+from genreflow.pretrained import musicnn as pretrained
+from genreflow.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+REPO = Path(__file__).resolve().parents[2]
+# the musicnn preset with a 9 s clip of three 3 s tokens
+MUSICNN_SHORT = [
+    "spec.sample_rate=16000", "spec.n_fft=512", "spec.hop_length=256", "spec.n_mels=96",
+    "spec.scale=log1p", f"spec.token_s={187 * 256 / 16000}", "spec.clip_s=9", "spec.n_tokens=3",
+]  # fmt: skip
+
+
+def test_recommended_config_trains_on_musicnn_and_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    manifest = make_demo_catalog(
+        tmp_path / "catalog",
+        tracks_per_genre=6,
+        artists_per_genre=6,
+        duration_s=9.0,
+        genres=["ambient", "rock"],
+    )
+    data = tmp_path / "dataset"
+    run_ingest(
+        load_config(IngestConfig, overrides=MUSICNN_SHORT, catalog=str(manifest), out=str(data))
+    )
+    run = tmp_path / "run"
+    run_train(
+        load_config(
+            TrainConfig,
+            REPO / "configs" / "train-musicnn.yaml",
+            overrides=["epochs=1", "batch_size=4"],
+            data=str(data),
+            out=str(run),
+        )
+    )
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    # the checkpoint loads with weights_only=True and without the musicnn install
+    monkeypatch.setenv(pretrained.WEIGHTS_DIR_ENV, str(tmp_path / "nowhere"))
+    loaded = ckpt.load_model(best)
+    frontend = getattr(loaded.model, "frontend", None)
+    assert isinstance(frontend, MusicnnFrontend) and not frontend.trainable
+    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV)
+    # frozen: the front end the run saved is musicnn's, to the bit
+    for name, tensor in pretrained.pretrained_state("MSD_musicnn").items():
+        assert torch.equal(frontend.net.state_dict()[name], tensor), name
+    labels = tmp_path / "labels"
+    result = run_label(
+        load_config(LabelConfig, checkpoint=best, input=str(manifest), out=str(labels))
+    )
+    rows = read_labels(str(labels))
+    assert result.labelled == len(rows) == 12 and set(rows["genre"]) <= {"ambient", "rock"}
+    assert {len(e) for e in rows["embedding"]} == {MusicnnFrontend.out_dim}
+    assert np.allclose([np.linalg.norm(e) for e in rows["embedding"]], 1.0, atol=1e-5)
