@@ -1,0 +1,282 @@
+"""Quality on a labelled catalog: genreflow's commands against two yardsticks, one table.
+
+    .venv/bin/python bench/quality.py --manifest bench/_work/music/manifest.csv \\
+        [--work bench/_work/quality] [--runs default,recommended] [--set key=value ...]
+
+The manifest needs ``track_id, uri, genre, split`` and a grouping column (``--group``,
+default ``album``; ``artist_id`` works too) whose groups never straddle splits
+(bench/music_catalog.py builds such a catalog of real music). For each run it types
+what a user types: ``genreflow ingest`` (the run's token spec), ``genreflow train``,
+``genreflow label`` over the whole catalog and ``genreflow index``, then reads:
+
+- macro-F1 and accuracy of the labels' top genre on the ``test`` split;
+- same-group precision@5 of the index's neighbours table (every track's five nearest
+  other tracks: the fraction in its own group), over all tracks, and the chance level.
+
+Yardsticks, on the same splits: MFCC (20 coefficients, mean and standard deviation
+over the clip) and pretrained musicnn (MSD) embeddings (its 200-d penultimate layer,
+mean over the clip's ten 3 s patches), each standardised and fed to a logistic
+regression fit on ``train`` with C chosen on ``val`` -- the data genreflow's runs get
+(they train on ``train`` and keep the epoch best on ``val``) -- and, in a second row,
+refit on ``train`` + ``val``, which also learns from the validation groups. Their
+precision@5 is cosine over the standardised features. Runs:
+
+- ``default``: ``genreflow train --model signature_attention`` with every default (the
+  tiny from-scratch model on the paper-000 spec);
+- ``recommended``: ``genreflow train --config configs/train-musicnn.yaml`` on a
+  ``spec=musicnn`` dataset (README's recommended command).
+
+``--set`` adds ``key=value`` overrides to the recommended run (recipe ablations).
+Results: ``<work>/quality-<runs>.json`` and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from genreflow.formats.index import read_neighbours  # noqa: E402
+from genreflow.formats.labels import read_labels  # noqa: E402
+
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "default": ("paper000", ["--model", "signature_attention"]),
+    "recommended": ("musicnn", ["--config", str(ROOT / "configs" / "train-musicnn.yaml")]),
+}
+K = 5
+
+
+def genreflow(*args: str, log: Path) -> None:
+    """Run one genreflow command as a user would; its output goes to ``log``."""
+    exe = Path(sys.executable).with_name("genreflow")
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run([str(exe), *args], stdout=f, stderr=subprocess.STDOUT)
+    took = time.perf_counter() - started
+    print(f"  genreflow {' '.join(args[:1])} ({took:.0f} s) -> {log}", flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"genreflow {' '.join(args)} failed ({done.returncode}); see {log}")
+
+
+def precision_at_k(neighbours: dict[str, list[str]], group: dict[str, str]) -> float:
+    scores = [
+        np.mean([group[n] == group[t] for n in found[:K]])
+        for t, found in neighbours.items()
+        if len(found) >= K
+    ]
+    return float(np.mean(scores))
+
+
+def chance(group: dict[str, str]) -> float:
+    sizes = pd.Series(list(group.values())).value_counts()
+    n = len(group)
+    return float(((sizes - 1) / (n - 1) * sizes).sum() / n)
+
+
+def cosine_neighbours(ids: list[str], features: np.ndarray) -> dict[str, list[str]]:
+    x = features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1)[:, :K]
+    return {ids[i]: [ids[j] for j in row] for i, row in enumerate(order)}
+
+
+def classification(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "macro_f1": float(f1_score(truth, predicted, average="macro")),
+        "accuracy": float(accuracy_score(truth, predicted)),
+    }
+
+
+def genreflow_run(
+    name: str, manifest: Path, work: Path, extra: list[str], group: dict[str, str]
+) -> dict[str, Any]:
+    spec, train_args = RUNS[name]
+    dataset = work / f"dataset-{spec}"
+    tag = name + ("-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:6] if extra else "")
+    run, labels, index = work / "runs" / tag, work / "labels" / tag, work / "index" / tag
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"{tag}: {' '.join(train_args + extra)}", flush=True)
+    started = time.perf_counter()
+    if not (dataset / "_dataset.json").exists():
+        genreflow(
+            "ingest", "--catalog", str(manifest), "--out", str(dataset), f"spec={spec}",
+            log=logs / f"ingest-{spec}.log",
+        )  # fmt: skip
+    for folder in (run, labels, index):
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    genreflow(
+        "train", *train_args, "--data", str(dataset), "--out", str(run), *extra,
+        log=logs / f"train-{tag}.log",
+    )  # fmt: skip
+    train_s = time.perf_counter() - started
+    genreflow(
+        "label", "--checkpoint", str(run), "--input", str(manifest), "--out", str(labels),
+        log=logs / f"label-{tag}.log",
+    )  # fmt: skip
+    label_log = (logs / f"label-{tag}.log").read_text()
+    speed = re.search(r"labelled, \d+ errors, ([\d.]+) tracks/s", label_log)
+    genreflow("index", "--labels", str(labels), "--out", str(index), log=logs / f"index-{tag}.log")
+    df = read_labels(str(labels), ["track_id", "genre", "true_genre", "split"])
+    test = df[df["split"] == "test"]
+    table = read_neighbours(str(index)).to_pylist()
+    found = {r["track_id"]: [n["track_id"] for n in r["neighbours"]] for r in table}
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {
+        "run": tag,
+        "command": " ".join(["genreflow train", *train_args, *extra]),
+        **classification(test["true_genre"], test["genre"]),
+        "p_at_5": precision_at_k(found, group),
+        "best_epoch": metrics.get("best_epoch"),
+        "train_s": round(train_s),
+        "label_tracks_per_s": float(speed.group(1)) if speed else None,
+    }
+
+
+def yardstick_features(catalog: pd.DataFrame, manifest: Path, work: Path) -> dict[str, np.ndarray]:
+    """MFCC statistics and musicnn embeddings of every clip (cached per manifest)."""
+    digest = hashlib.sha1(manifest.read_bytes()).hexdigest()[:12]
+    cache = work / f"yardsticks-{digest}.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    import librosa
+    import torch
+
+    from genreflow.audio import load_clip
+    from genreflow.decode import tokenize_track
+    from genreflow.pretrained.musicnn import load_pretrained
+    from genreflow.tokens import preset
+
+    net, spec = load_pretrained("MSD_musicnn"), preset("musicnn")
+    mfcc, emb = [], []
+    for i, uri in enumerate(catalog["uri"]):
+        path = str((manifest.parent / uri).resolve()) if not os.path.isabs(uri) else uri
+        clip = load_clip(path, sample_rate=22050, clip_s=30.0)
+        coeffs = librosa.feature.mfcc(y=clip.samples, sr=22050, n_mfcc=20)
+        mfcc.append(np.concatenate([coeffs.mean(axis=1), coeffs.std(axis=1)]))
+        tokens, _ = tokenize_track(path, spec)  # [10, 96, 187]
+        with torch.no_grad():
+            feats = net(torch.from_numpy(tokens.astype(np.float32)).transpose(1, 2)).penultimate
+        emb.append(feats.mean(dim=0).numpy())
+        if (i + 1) % 50 == 0:
+            print(f"  yardstick features: {i + 1}/{len(catalog)}", flush=True)
+    arrays = {"mfcc": np.stack(mfcc), "musicnn": np.stack(emb)}
+    np.savez(cache, mfcc=arrays["mfcc"], musicnn=arrays["musicnn"])
+    return arrays
+
+
+def yardstick(
+    name: str,
+    features: np.ndarray,
+    catalog: pd.DataFrame,
+    group: dict[str, str],
+    *,
+    refit: bool = False,
+) -> dict[str, Any]:
+    """Logistic regression on standardised ``features``: fit on ``train`` with C chosen
+    on ``val`` (the data genreflow's runs get); ``refit`` then fits again on train + val,
+    which sees the validation groups as well."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    split, genre = catalog["split"].to_numpy(), catalog["genre"].to_numpy()
+    x = StandardScaler().fit_transform(features)
+    tr, va, te = split == "train", split == "val", split == "test"
+    best: tuple[float, float, Any] = (-1.0, 0.0, None)
+    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+        model = LogisticRegression(C=c, max_iter=5000).fit(x[tr], genre[tr])
+        f1 = float(f1_score(genre[va], model.predict(x[va]), average="macro"))
+        if f1 > best[0]:
+            best = (f1, c, model)
+    _, c, model = best
+    if refit:
+        model = LogisticRegression(C=c, max_iter=5000).fit(x[tr | va], genre[tr | va])
+    predicted = pd.Series(model.predict(x[te]))
+    return {
+        "run": name + (", refit on train+val" if refit else ""),
+        "command": f"logistic regression, C={c} chosen on val"
+        + (", refit on train+val" if refit else ", fit on train"),
+        **classification(pd.Series(genre[te]), predicted),
+        "p_at_5": precision_at_k(cosine_neighbours(list(catalog["track_id"]), x), group),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "quality")
+    parser.add_argument("--runs", default="default,recommended")
+    parser.add_argument("--group", default="album")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for the recommended run")
+    parser.add_argument("--no-yardsticks", action="store_true")
+    args = parser.parse_args(argv)
+    manifest, work = args.manifest.resolve(), args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    catalog = pd.read_csv(manifest, dtype=str)
+    group = dict(zip(catalog["track_id"], catalog[args.group], strict=True))
+    crossing = catalog.groupby(args.group)["split"].nunique()
+    if (crossing > 1).any():
+        raise SystemExit(f"groups straddle splits: {sorted(crossing[crossing > 1].index)}")
+    rows = []
+    if not args.no_yardsticks:
+        features = yardstick_features(catalog, manifest, work)
+        for label, key in (
+            ("MFCC mean/std + LR", "mfcc"),
+            ("musicnn (MSD) embeddings + LR", "musicnn"),
+        ):
+            rows.append(yardstick(label, features[key], catalog, group))
+            rows.append(yardstick(label, features[key], catalog, group, refit=True))
+    for name in args.runs.split(","):
+        extra = list(args.set) if name == "recommended" else []
+        rows.append(genreflow_run(name, manifest, work, extra, group))
+    counts = catalog["split"].value_counts().to_dict()
+    result = {
+        "manifest": str(manifest),
+        "tracks": len(catalog),
+        "groups": int(catalog[args.group].nunique()),
+        "split_tracks": counts,
+        "chance_p_at_5": chance(group),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "rows": rows,
+    }
+    out = work / f"quality-{args.runs.replace(',', '+')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"\n{len(catalog)} tracks, {result['groups']} {args.group}s, test {counts.get('test')}; "
+        f"chance precision@5 {result['chance_p_at_5']:.2f}\n"
+    )
+    print(
+        "| run | test macro-F1 | test accuracy | same-group precision@5 | best epoch "
+        "| train s | label tracks/s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['run']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['p_at_5']:.3f} "
+            f"| {r.get('best_epoch', '')} | {r.get('train_s', '')} "
+            f"| {r.get('label_tracks_per_s') or ''} |"
+        )
+    print(f"\n-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
