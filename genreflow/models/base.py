@@ -195,9 +195,13 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
 def inference_model(model: M, device: torch.device) -> M:
     """What a labeller runs: ``model`` in eval mode with batch norm folded into its
-    convolutions (:func:`fuse_for_inference`, in place), channels_last as in training
+    convolutions (:func:`fuse_for_inference`, in place), no token-feature cache in a
+    pretrained front end, channels_last as in training
     (the conv stacks run 1.2-1.8x faster on CPU), on ``device``."""
     fuse_for_inference(model.eval())
+    for module in model.modules():  # a labeller sees each token once: no feature cache
+        if hasattr(module, "cache_tokens"):
+            module.cache_tokens = 0
     model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
