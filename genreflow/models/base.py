@@ -201,7 +201,7 @@ def inference_model(model: M, device: torch.device) -> M:
     fuse_for_inference(model.eval())
     for module in model.modules():  # a labeller sees each token once: no feature cache
         if hasattr(module, "cache_tokens"):
-            module.cache_tokens = 0
+            setattr(module, "cache_tokens", 0)  # noqa: B010 - any module that has one
     model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
