@@ -32,7 +32,11 @@ VARIANTS: dict[str, list[str]] = {
     "gain jitter 6 dB": ["gain_jitter_db=6"],
     "offset jitter 0.25": ["offset_jitter=0.25"],
     "mixup 0.2": ["mixup_alpha=0.2"],
-}
+    "all but label smoothing": [
+        "lr_schedule=cosine", "warmup_epochs=1", "spec_augment=2", "gain_jitter_db=6",
+        "offset_jitter=0.25", "mixup_alpha=0.2",
+    ],
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
