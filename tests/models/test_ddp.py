@@ -5,8 +5,6 @@ workers, on one, and on neither (every FMA batch has tracks without lyrics)."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +53,13 @@ def _recipe(name: str) -> TrainingRecipe:
     return TrainingRecipe(_config(name), SPEC, genres=GENRES, moods=MOODS, words=WORDS)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # rendezvous through a file, not a port picked in advance: after the cluster tests a
+    # freed port can be taken again before rank 0 listens on it, and rank 1 then talks
+    # to a stranger (seen once in CI: rank 1 aborted)
+    store = f"file://{Path(out) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
     try:
         for name in sorted(MODELS):
             recipe = _recipe(name)
@@ -119,16 +120,10 @@ def _reference_steps(name: str) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
     return out
 
 
