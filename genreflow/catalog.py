@@ -258,10 +258,11 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
     remote = storage.is_remote(str(path))
     p = Path(urlparse(str(path)).path) if remote else Path(path)
     try:
-        source: Any = io.BytesIO(storage.read_bytes(str(path))) if remote else p
         if p.suffix.lower() in (".parquet", ".pq"):
-            raw = pd.read_parquet(source)
+            # through Arrow's filesystem, not Python bytes (see storage.read_parquet)
+            raw = storage.read_parquet(str(path)).to_pandas()
         elif p.suffix.lower() in (".csv", ".tsv", ".txt"):
+            source: Any = io.BytesIO(storage.read_bytes(str(path))) if remote else p
             raw = pd.read_csv(
                 source,
                 sep="\t" if p.suffix.lower() == ".tsv" else ",",

@@ -241,14 +241,27 @@ def _is_floating(kind: pa.DataType) -> bool:
     return bool(pa.types.is_floating(kind))
 
 
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file (or the named columns of it) as a table.
+
+    Read through the Arrow filesystem, never from Python bytes: a table parsed from a
+    Python buffer leaves Arrow's I/O threads holding it, and when one of them lets go
+    during interpreter shutdown it needs the GIL and aborts the process ("terminate
+    called without an active exception", seen in ``genreflow recommend``).
+    """
+    fs, path = resolve(uri)
+    try:
+        return pq.read_table(path, columns=columns, filesystem=fs)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri!r} does not exist") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot read Parquet {uri!r}: {exc}{_hint(exc)}") from exc
+
+
 def read_parquet_columns(uris: list[str], columns: list[str]) -> Iterator[pa.Table]:
     """Stream the named columns of Parquet files, one file at a time."""
     for uri in uris:
-        fs, path = resolve(uri)
-        try:
-            yield pq.read_table(path, columns=columns, filesystem=fs)
-        except OSError as exc:
-            raise StorageError(f"cannot read Parquet {uri!r}: {exc}") from exc
+        yield read_parquet(uri, columns)
 
 
 def delete(uri: str) -> None:

@@ -12,7 +12,6 @@ sees the old index or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import uuid
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from genreflow import storage
 from genreflow.errors import GenreflowError, ShapeError
@@ -269,7 +267,7 @@ def load_version(folder: str) -> LoadedIndex:
         index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
     except RuntimeError as exc:
         raise GenreflowError(f"cannot read the FAISS index in {folder!r}: {exc}") from exc
-    ids = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(folder, IDS_FILE))))
+    ids = storage.read_parquet(storage.join(folder, IDS_FILE))
     name = next(iter(info.get("params") or {}), "")
     if name:
         set_search_param(index, name, info["params"][name])
@@ -287,5 +285,5 @@ def read_neighbours(out: str) -> pa.Table:
     loaded_info = storage.read_json(storage.join(out, MANIFEST_FILE))
     folder = storage.join(out, loaded_info["version"], NEIGHBOURS_DIR)
     files = storage.list_files(folder, suffix=".parquet")
-    tables = [pq.read_table(storage.resolve(f)[1], filesystem=storage.resolve(f)[0]) for f in files]
+    tables = [storage.read_parquet(f) for f in files]
     return pa.concat_tables(tables) if tables else NEIGHBOURS_SCHEMA.empty_table()
