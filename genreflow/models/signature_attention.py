@@ -10,8 +10,9 @@ real tokens) and the classifier reads ``sum_t a_t h_t``. The track's *signature*
 ``frontend`` chooses the token encoder: ``cnn`` (learned from scratch, the ``tiny`` and
 ``paper`` presets) or pretrained musicnn (``MSD_musicnn``/``MTT_musicnn``, the
 ``musicnn`` preset; :class:`~genreflow.models.musicnn.MusicnnFrontend`), frozen or with
-``finetune``. With musicnn, ``e_t`` is its 200-d penultimate feature of the token, so
-the signature lives in the pretrained space; attention reads a projection of it.
+``finetune``. With musicnn, ``e_t`` is its feature of the token (``features``: the
+1506-d batch-normed max and mean pools, or the 200-d penultimate layer), so the signature
+lives in the pretrained space; attention reads a projection of it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SignatureAttention(GenreModel):
             "dropout": 0.5,
             "frontend": "MSD_musicnn",
             "finetune": False,
+            "features": "pooled",
         },
     }
 
@@ -92,9 +94,13 @@ class SignatureAttention(GenreModel):
             self.project: nn.Module = nn.Identity()
         else:
             check_musicnn_spec(spec, model=self.name)
-            self.frontend = MusicnnFrontend(str(p["frontend"]), trainable=bool(p["finetune"]))
+            self.frontend = MusicnnFrontend(
+                str(p["frontend"]),
+                trainable=bool(p["finetune"]),
+                features=str(p.get("features", "pooled")),
+            )
             self.token_cnn = nn.Identity()
-            self.project = nn.Sequential(nn.Linear(MusicnnFrontend.out_dim, d), nn.ReLU())
+            self.project = nn.Sequential(nn.Linear(self.frontend.out_dim, d), nn.ReLU())
         self.position = nn.Parameter(torch.randn(1, spec.n_tokens, d) * 0.02)
         self.attention = nn.MultiheadAttention(
             d, int(p["heads"]), dropout=p["dropout"], batch_first=True
@@ -122,7 +128,7 @@ class SignatureAttention(GenreModel):
         if not bool(mask.any(dim=1).all()):
             raise ShapeError(f"{self.name}: every track needs at least one real token")
         if self.frontend is not None:
-            e = self.frontend(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1)  # [b, t, 200]
+            e = self.frontend(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1)  # [b, t, 1506]
         else:
             e = self.token_cnn(per_token(x, self.input_pool)).reshape(b, t, -1)  # [b, t, d]
         h = self.project(e) + self.position[:, :t]  # [b, t, d]

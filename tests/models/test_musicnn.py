@@ -152,14 +152,14 @@ def test_signature_model_on_the_frozen_front_end() -> None:
     out = model(x)
     out.genre_logits.sum().backward()
     assert all(p.grad is None for p in frontend.parameters())
-    assert out.embedding.shape == (3, MusicnnFrontend.out_dim)
+    assert out.embedding.shape == (3, frontend.out_dim) == (3, 1506)
     # the signature is the attention-weighted mean of musicnn's own token features
     model.eval()
     with torch.no_grad():
         out = model(x)
         direct = Musicnn().eval()
         direct.load_state_dict(frontend.net.state_dict())
-        e = direct(x[0].transpose(1, 2)).penultimate  # [tokens, 200]
+        e = direct(x[0].transpose(1, 2)).pooled  # [tokens, 1506]
     torch.testing.assert_close(out.embedding[0], out.token_weights[0] @ e, rtol=1e-4, atol=1e-4)
     # the cached features equal recomputed ones
     again = frontend(x[0])
@@ -169,3 +169,18 @@ def test_signature_model_on_the_frozen_front_end() -> None:
 def test_wrong_spec_for_the_front_end_is_refused() -> None:
     with pytest.raises(ConfigError, match="ingest with spec=musicnn"):
         build_model("signature_attention", TokenSpec(), n_genres=3, preset="musicnn")
+
+
+def test_the_front_end_offers_pooled_and_penultimate_features() -> None:
+    spec = preset("musicnn")
+    for features, dim in (("penultimate", 200), ("pooled", 1506)):
+        model = build_model(
+            "signature_attention", spec, n_genres=3, preset="musicnn",
+            overrides={"features": features},
+        )  # fmt: skip
+        assert getattr(model, "frontend").out_dim == dim  # noqa: B009
+    with pytest.raises(ConfigError, match="unknown musicnn features 'taggram'"):
+        build_model(
+            "signature_attention", spec, n_genres=3, preset="musicnn",
+            overrides={"features": "taggram"},
+        )  # fmt: skip

@@ -75,5 +75,5 @@ def test_recommended_config_trains_on_musicnn_and_labels(
     )
     rows = read_labels(str(labels))
     assert result.labelled == len(rows) == 12 and set(rows["genre"]) <= {"ambient", "rock"}
-    assert {len(e) for e in rows["embedding"]} == {MusicnnFrontend.out_dim}
+    assert {len(e) for e in rows["embedding"]} == {frontend.out_dim}
     assert np.allclose([np.linalg.norm(e) for e in rows["embedding"]], 1.0, atol=1e-5)
