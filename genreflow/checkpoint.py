@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from genreflow import storage
-from genreflow.errors import ConfigError
+from genreflow.errors import ConfigError, GenreflowError
 from genreflow.models import GenreModel, build_model
 from genreflow.models.lyrics import LyricsVocab
 from genreflow.tokens import TokenSpec, check_same_spec
@@ -122,10 +122,19 @@ def load_model(
         n_genres=len(state["labels"]["genre"]),
         n_moods=len(state["labels"]["mood"]),
         preset=meta["preset"],
-        overrides=meta.get("overrides") or {},
+        overrides=meta.get("hyperparameters") or meta.get("overrides") or {},
         vocab_size=len(vocab) if vocab else None,
     )
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:  # a checkpoint older than its preset's current shape
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise GenreflowError(
+            f"checkpoint {path!r} does not fit the {meta['name']} model its preset "
+            f"{meta['preset']!r} builds today ({first[0].strip()}); it predates a change "
+            "of that preset: train it again, or name the old hyperparameters in "
+            "model_overrides"
+        ) from exc
     model.eval()
     return LoadedModel(
         model=model,

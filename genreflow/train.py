@@ -726,6 +726,9 @@ class TrainingRecipe:
                 "name": config.model,
                 "preset": config.preset,
                 "overrides": dict(config.model_overrides),
+                # every hyperparameter as built: the checkpoint rebuilds the same model
+                # after a later genreflow changes a preset
+                "hyperparameters": dict(self.model.hp),
             },
             "lyrics_vocab": list(self.words) if self.words else [],
             "val_metrics": {k: v for k, v in metrics.items() if k != "val_per_class_f1"},

@@ -19,9 +19,10 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from genreflow import checkpoint as ckpt
 from genreflow.config import load_config
-from genreflow.errors import ConfigError, SpecMismatchError
+from genreflow.errors import ConfigError, GenreflowError, SpecMismatchError
 from genreflow.formats.dataset import tokens_numpy
 from genreflow.ingest import IngestConfig
+from genreflow.models import MODELS
 from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.train import (
     CRASH_AFTER_EPOCH_ENV,
@@ -49,7 +50,9 @@ def epochs_done(out: Path) -> list[int]:
     return sorted(json.loads(p.read_text())["epoch"] for p in (out / "epochs").glob("epoch-*.json"))
 
 
-def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_path: Path) -> None:
+def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "run"
     result = train(dataset, out, "model=multitask_attention_cnn")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -104,6 +107,17 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(dataset: Path, tmp_
         )
     with pytest.raises(ConfigError, match="already holds a run"):
         train(dataset, out)
+    # a later genreflow that changes the preset still rebuilds the model the run trained
+    tiny = MODELS["multitask_attention_cnn"].presets["tiny"]
+    monkeypatch.setitem(tiny, "channels", [4, 8, 16, 32])
+    again = ckpt.load_model(metrics["best_checkpoint"])
+    assert again.version == loaded.version
+    # a checkpoint without its hyperparameters (written before they were recorded) says so
+    old = ckpt.load(metrics["best_checkpoint"])
+    del old["model"]["hyperparameters"]
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(GenreflowError, match="does not fit the multitask_attention_cnn model"):
+        ckpt.load_model(str(tmp_path / "old.pt"))
 
 
 def test_two_workers_train_with_ddp_and_stay_identical(dataset: Path, tmp_path: Path) -> None:
