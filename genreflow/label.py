@@ -11,7 +11,9 @@ signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where k
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -123,8 +125,36 @@ def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None)
     return dataclasses.replace(config, resources=resources)
 
 
+# What a raw-audio run spends on one track before the model, on one core: decode,
+# resample and log-mel tokens of a 30 s clip (47 + 9 + 24 ms, bench/RESULTS.md, Ingest).
+DECODE_S_PER_TRACK = 0.08
+
+
+def model_seconds_per_track(model: torch.nn.Module, spec: TokenSpec, *, tracks: int = 2) -> float:
+    """What one track costs ``model`` (as a labeller runs it) on one CPU thread: a
+    forward pass over ``tracks`` silent tracks, timed after one pass to warm up. A tiny
+    model takes milliseconds, the pretrained musicnn front end about a second."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = inference_model(copy.deepcopy(model), torch.device("cpu"))
+        silent = torch.full((tracks, *spec.token_shape), -100.0)
+        with torch.inference_mode():
+            net(silent[:1])
+            started = time.perf_counter()
+            net(silent)
+            return (time.perf_counter() - started) / tracks
+    finally:
+        torch.set_num_threads(threads)
+
+
 def plan_actors(
-    config: LabelConfig, *, cluster_cpus: float, cluster_gpus: float, from_shards: bool
+    config: LabelConfig,
+    *,
+    cluster_cpus: float,
+    cluster_gpus: float,
+    from_shards: bool,
+    model_s_per_track: float | None = None,
 ) -> tuple[int, float]:
     """How many model actors and how many CPUs each: the config's values where set.
 
@@ -134,8 +164,11 @@ def plan_actors(
     feed it (shard reads, at ``read_cpus`` each) run beside it. Several single-threaded
     actors keep every core busy where one multi-threaded actor would stall its threads
     whenever a read takes a core. From shards: one actor per CPU, leaving at least one
-    CPU to the reads. From raw audio, decoding costs about ten times the model per
-    track, so one actor per ten CPUs.
+    CPU to the reads. From raw audio the cores are shared between decoding and the
+    model in proportion to what each costs a track (``model_s_per_track``, measured by
+    :func:`model_seconds_per_track`, against :data:`DECODE_S_PER_TRACK`): about one
+    actor per ten CPUs for the tiny models, nearly every CPU for musicnn. Unmeasured:
+    one per ten.
     """
     if config.resources.gpu_share > 0:
         actors = config.resources.actors or max(1, int(cluster_gpus / config.resources.gpu_share))
@@ -145,7 +178,10 @@ def plan_actors(
         return config.resources.actors, cpus
     if from_shards:
         return max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus))), cpus
-    return max(1, round(cluster_cpus / 10)), cpus
+    if model_s_per_track is None:
+        return max(1, round(cluster_cpus / 10)), cpus
+    share = model_s_per_track / (model_s_per_track + DECODE_S_PER_TRACK)
+    return max(1, min(int(cluster_cpus), round(cluster_cpus * share))), cpus
 
 
 def plan_reads(config: LabelConfig, *, actors: int) -> int:

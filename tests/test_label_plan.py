@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from genreflow.errors import ConfigError
-from genreflow.label import LabelConfig, LabelResources, plan_actors, plan_reads, resolve_gpus
+from genreflow.label import (
+    DECODE_S_PER_TRACK,
+    LabelConfig,
+    LabelResources,
+    model_seconds_per_track,
+    plan_actors,
+    plan_reads,
+    resolve_gpus,
+)
+from genreflow.models import build_model
+from genreflow.tokens import TokenSpec
 
 
-def plan(cpus: float, gpus: float = 0.0, *, shards: bool = True, **settings: object) -> tuple:
+def plan(
+    cpus: float,
+    gpus: float = 0.0,
+    *,
+    shards: bool = True,
+    model_s: float | None = None,
+    **settings: object,
+) -> tuple:
     config = LabelConfig(resources=LabelResources(**settings))  # type: ignore[arg-type]
-    return plan_actors(config, cluster_cpus=cpus, cluster_gpus=gpus, from_shards=shards)
+    return plan_actors(
+        config, cluster_cpus=cpus, cluster_gpus=gpus, from_shards=shards, model_s_per_track=model_s
+    )
 
 
 def gpu_config(share: float) -> LabelConfig:
@@ -26,9 +46,28 @@ def test_cpu_actors_are_single_threaded_halves_leaving_a_cpu_to_the_reads() -> N
         assert actors * each <= cpus - 1 or actors == 1
 
 
-def test_raw_audio_leaves_most_cpus_to_decoding() -> None:
-    assert plan(2, shards=False) == (1, 0.5)
+def test_raw_audio_shares_the_cpus_between_decoding_and_the_model_by_their_cost() -> None:
+    assert plan(2, shards=False) == (1, 0.5)  # unmeasured: one actor per ten CPUs
     assert plan(40, shards=False) == (4, 0.5)
+    tiny, musicnn = DECODE_S_PER_TRACK / 9, DECODE_S_PER_TRACK * 12  # a tenth, 12/13
+    assert plan(40, shards=False, model_s=tiny) == (4, 0.5)
+    assert plan(40, shards=False, model_s=musicnn) == (37, 0.5)
+    assert plan(2, shards=False, model_s=musicnn) == (2, 0.5)
+    assert plan(2, shards=False, model_s=1e-6) == (1, 0.5)  # never none
+    assert plan(40, shards=False, model_s=musicnn, actors=3) == (3, 0.5)  # settings win
+
+
+def test_the_model_cost_is_measured_on_one_thread() -> None:
+    spec = TokenSpec(clip_s=8.0, n_tokens=4, token_s=2.0, n_mels=32)
+    threads = torch.get_num_threads()
+    model = build_model("signature_attention", spec, n_genres=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = model_seconds_per_track(model, spec)
+    assert 0 < seconds < 5
+    assert torch.get_num_threads() == threads
+    # the measured copy is folded for inference; the caller's model is left as it was
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.state_dict().keys() == before.keys()
 
 
 def test_gpu_actors_follow_the_gpus() -> None:

@@ -44,6 +44,7 @@ from genreflow.label import (
     LabelConfig,
     Labeller,
     decode_for_label,
+    model_seconds_per_track,
     plan_actors,
     plan_reads,
     resolve_gpus,
@@ -130,7 +131,8 @@ def run_label(config: LabelConfig) -> LabelResult:
     config = dataclasses.replace(config, checkpoint=ckpt.best_of_run(config.checkpoint))
     state = ckpt.load(config.checkpoint)
     spec = TokenSpec.from_dict(state["token_spec"])
-    version = ckpt.load_model(config.checkpoint).version
+    loaded = ckpt.load_model(config.checkpoint)
+    version = loaded.version
     from_shards = storage.exists(storage.join(config.input, DATASET_FILE))
     catalog = None
     if from_shards:
@@ -176,11 +178,17 @@ def run_label(config: LabelConfig) -> LabelResult:
     resources = ray_resources()
     present, possible = cluster_gpus()
     config = resolve_gpus(config, present=present, possible=possible)
+    model_s = None
+    if not from_shards and config.resources.gpu_share == 0 and config.resources.actors is None:
+        model_s = model_seconds_per_track(loaded.model, spec)  # shares the CPUs with decoding
+        log.info("the model takes %.3f s a track on one CPU thread", model_s)
+    del loaded
     actors, cpus_per_actor = plan_actors(
         config,
         cluster_cpus=resources.get("CPU", 0.0),
         cluster_gpus=present or float(bool(possible)),
         from_shards=from_shards,
+        model_s_per_track=model_s,
     )
     check_actor_fit(
         actors,
