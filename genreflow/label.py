@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,6 +156,7 @@ def plan_actors(
     cluster_gpus: float,
     from_shards: bool,
     model_s_per_track: float | None = None,
+    tracks: int | None = None,
 ) -> tuple[int, float]:
     """How many model actors and how many CPUs each: the config's values where set.
 
@@ -168,20 +170,27 @@ def plan_actors(
     model in proportion to what each costs a track (``model_s_per_track``, measured by
     :func:`model_seconds_per_track`, against :data:`DECODE_S_PER_TRACK`): about one
     actor per ten CPUs for the tiny models, nearly every CPU for musicnn. Unmeasured:
-    one per ten.
+    one per ten. A planned pool never outnumbers the calls of ``batch_size`` tracks that
+    ``tracks`` make (an actor with nothing to label only costs its start).
     """
-    if config.resources.gpu_share > 0:
-        actors = config.resources.actors or max(1, int(cluster_gpus / config.resources.gpu_share))
-        return actors, config.resources.cpus_per_actor or 1.0
-    cpus = config.resources.cpus_per_actor or 0.5
     if config.resources.actors is not None:
-        return config.resources.actors, cpus
-    if from_shards:
-        return max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus))), cpus
-    if model_s_per_track is None:
-        return max(1, round(cluster_cpus / 10)), cpus
-    share = model_s_per_track / (model_s_per_track + DECODE_S_PER_TRACK)
-    return max(1, min(int(cluster_cpus), round(cluster_cpus * share))), cpus
+        cpus_set = config.resources.cpus_per_actor
+        return config.resources.actors, cpus_set or (1.0 if config.resources.gpu_share else 0.5)
+    if config.resources.gpu_share > 0:
+        actors = max(1, int(cluster_gpus / config.resources.gpu_share))
+        cpus = config.resources.cpus_per_actor or 1.0
+    else:
+        cpus = config.resources.cpus_per_actor or 0.5
+        if from_shards:
+            actors = max(1, min(int(cluster_cpus), int((cluster_cpus - 1) / cpus)))
+        elif model_s_per_track is None:
+            actors = max(1, round(cluster_cpus / 10))
+        else:
+            share = model_s_per_track / (model_s_per_track + DECODE_S_PER_TRACK)
+            actors = max(1, min(int(cluster_cpus), round(cluster_cpus * share)))
+    if tracks is not None:
+        actors = max(1, min(actors, math.ceil(tracks / config.resources.batch_size)))
+    return actors, cpus
 
 
 def plan_reads(config: LabelConfig, *, actors: int) -> int:

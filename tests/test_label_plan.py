@@ -25,11 +25,17 @@ def plan(
     *,
     shards: bool = True,
     model_s: float | None = None,
+    tracks: int | None = None,
     **settings: object,
 ) -> tuple:
     config = LabelConfig(resources=LabelResources(**settings))  # type: ignore[arg-type]
     return plan_actors(
-        config, cluster_cpus=cpus, cluster_gpus=gpus, from_shards=shards, model_s_per_track=model_s
+        config,
+        cluster_cpus=cpus,
+        cluster_gpus=gpus,
+        from_shards=shards,
+        model_s_per_track=model_s,
+        tracks=tracks,
     )
 
 
@@ -68,6 +74,14 @@ def test_the_model_cost_is_measured_on_one_thread() -> None:
     # the measured copy is folded for inference; the caller's model is left as it was
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert model.state_dict().keys() == before.keys()
+
+
+def test_a_planned_pool_never_outnumbers_the_batches() -> None:
+    assert plan(16, tracks=40) == (2, 0.5)  # two calls of 32 tracks
+    assert plan(16, tracks=1000) == (16, 0.5)
+    assert plan(16, tracks=0) == (1, 0.5)
+    assert plan(16, 4, gpus_per_actor=1.0, tracks=20) == (1, 1.0)
+    assert plan(16, tracks=40, actors=6) == (6, 0.5)  # a setting is kept as it is
 
 
 def test_gpu_actors_follow_the_gpus() -> None:

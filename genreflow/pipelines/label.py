@@ -189,6 +189,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         cluster_gpus=present or float(bool(possible)),
         from_shards=from_shards,
         model_s_per_track=model_s,
+        tracks=len(catalog.tracks) if catalog is not None else int(manifest["counts"]["rows"]),
     )
     check_actor_fit(
         actors,
