@@ -129,10 +129,8 @@ def run_label(config: LabelConfig) -> LabelResult:
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
     config = dataclasses.replace(config, checkpoint=ckpt.best_of_run(config.checkpoint))
-    state = ckpt.load(config.checkpoint)
-    spec = TokenSpec.from_dict(state["token_spec"])
     loaded = ckpt.load_model(config.checkpoint)
-    version = loaded.version
+    spec, version = loaded.spec, loaded.version
     from_shards = storage.exists(storage.join(config.input, DATASET_FILE))
     catalog = None
     if from_shards:
