@@ -29,7 +29,16 @@ index does with signatures. Runs:
   ``spec=musicnn`` dataset (README's recommended command).
 
 ``--set`` adds ``key=value`` overrides to the recommended run (recipe ablations).
-Results: ``<work>/quality-<runs>.json`` and a Markdown table on stdout.
+
+``--folds K`` (K >= 3) replaces the manifest's split by K album-disjoint folds, dealt
+per genre so that every fold holds albums of every genre it can: fold i is ``test``,
+fold i+1 ``val``, the rest ``train``. Every album is tested exactly once; each row is
+then reported as the mean and standard deviation over the folds, with the per-fold
+numbers in the JSON. One split of a few test albums moves macro-F1 by a tenth; the folds
+say how much of a difference between rows is the split's.
+
+Results: ``<work>/quality-<runs>.json`` (``-folds<K>`` with folds) and a Markdown table
+on stdout.
 """
 
 from __future__ import annotations
@@ -152,10 +161,43 @@ def genreflow_run(
     }
 
 
+def resolve(uri: str, manifest: Path) -> str:
+    """A manifest's ``uri`` as a path: relative ones are relative to the manifest."""
+    return uri if os.path.isabs(uri) else str((manifest.parent / uri).resolve())
+
+
+def album_folds(catalog: pd.DataFrame, group: str, folds: int, seed: int = 0) -> list[pd.Series]:
+    """The ``split`` column of each of ``folds`` group-disjoint folds of ``catalog``.
+
+    Groups are dealt to folds genre by genre (a group's genre is its most common one),
+    shuffled by ``seed`` within a genre and continuing round the folds from one genre to
+    the next, so the folds have equal numbers of groups (within one) and each holds
+    groups of every genre that has at least ``folds`` of them. Fold ``i`` is ``test``,
+    fold ``i + 1`` (cyclically) ``val``, every other fold ``train``."""
+    if folds < 3:
+        raise SystemExit("--folds needs at least 3 folds (a test, a val and a train fold)")
+    genre_of = catalog.groupby(group)["genre"].agg(lambda g: sorted(g.mode())[0])
+    if len(genre_of) < folds:
+        raise SystemExit(f"--folds {folds}: the catalog has only {len(genre_of)} {group}s")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    dealt = 0
+    for genre in sorted(set(genre_of)):
+        members = sorted(genre_of.index[genre_of == genre])
+        for member in rng.permutation(members):
+            fold_of[str(member)] = dealt % folds
+            dealt += 1
+    names = {0: "test", 1: "val"}
+    return [
+        catalog[group].map(lambda g, i=i: names.get((fold_of[g] - i) % folds, "train"))
+        for i in range(folds)
+    ]
+
+
 def yardstick_features(catalog: pd.DataFrame, manifest: Path, work: Path) -> dict[str, np.ndarray]:
     """MFCC statistics and musicnn embeddings of every clip (cached per manifest)."""
-    digest = hashlib.sha1(manifest.read_bytes()).hexdigest()[:12]
-    cache = work / f"yardsticks-v2-{digest}.npz"
+    clips = "\n".join(f"{t},{u}" for t, u in zip(catalog["track_id"], catalog["uri"], strict=True))
+    cache = work / f"yardsticks-v3-{hashlib.sha1(clips.encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         return dict(np.load(cache))
     import librosa
@@ -169,7 +211,7 @@ def yardstick_features(catalog: pd.DataFrame, manifest: Path, work: Path) -> dic
     net, spec = load_pretrained("MSD_musicnn"), preset("musicnn")
     mfcc, emb, pooled = [], [], []
     for i, uri in enumerate(catalog["uri"]):
-        path = str((manifest.parent / uri).resolve()) if not os.path.isabs(uri) else uri
+        path = resolve(uri, manifest)
         clip = load_clip(path, sample_rate=22050, clip_s=30.0)
         coeffs = librosa.feature.mfcc(y=clip.samples, sr=22050, n_mfcc=20)
         mfcc.append(np.concatenate([coeffs.mean(axis=1), coeffs.std(axis=1)]))
@@ -224,12 +266,66 @@ def yardstick(
     }
 
 
+YARDSTICKS = (
+    ("MFCC mean/std + LR", "mfcc"),
+    ("musicnn (MSD) penultimate embeddings + LR", "musicnn"),
+    ("musicnn (MSD) pooled features + LR", "pooled"),
+)
+METRICS = ("macro_f1", "accuracy", "p_at_5")
+
+
+def evaluate(
+    catalog: pd.DataFrame,
+    manifest: Path,
+    work: Path,
+    runs: list[str],
+    extra: list[str],
+    group: dict[str, str],
+    features: dict[str, np.ndarray] | None,
+) -> list[dict[str, Any]]:
+    """Every row of the table on the splits of ``catalog`` (written at ``manifest``)."""
+    rows = []
+    if features is not None:
+        for label, key in YARDSTICKS:
+            rows.append(yardstick(label, features[key], catalog, group))
+            rows.append(yardstick(label, features[key], catalog, group, refit=True))
+    for name in runs:
+        overrides = extra if name == "recommended" else []
+        rows.append(genreflow_run(name, manifest, work, overrides, group))
+    return rows
+
+
+def summarise(per_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per run: each metric's mean and standard deviation over the folds."""
+    rows = []
+    for same in zip(*per_fold, strict=True):
+        row = {k: v for k, v in same[0].items() if k not in METRICS}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in same])
+            row[metric], row[metric + "_sd"] = float(values.mean()), float(values.std(ddof=1))
+            row[metric + "_folds"] = [round(float(v), 4) for v in values]
+        for key in ("train_s", "label_tracks_per_s"):
+            if same[0].get(key) is not None:
+                row[key] = round(float(np.mean([r[key] for r in same])), 1)
+        if same[0].get("best_epoch") is not None:
+            row["best_epoch"] = "/".join(str(r["best_epoch"]) for r in same)
+        rows.append(row)
+    return rows
+
+
+def cell(row: dict[str, Any], metric: str) -> str:
+    sd = row.get(metric + "_sd")
+    return f"{row[metric]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "quality")
     parser.add_argument("--runs", default="default,recommended")
     parser.add_argument("--group", default="album")
+    parser.add_argument("--folds", type=int, default=0, help="album-disjoint folds (>= 3)")
+    parser.add_argument("--seed", type=int, default=0, help="how --folds deals the groups")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for the recommended run")
     parser.add_argument("--no-yardsticks", action="store_true")
     args = parser.parse_args(argv)
@@ -237,36 +333,48 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     catalog = pd.read_csv(manifest, dtype=str)
     group = dict(zip(catalog["track_id"], catalog[args.group], strict=True))
-    crossing = catalog.groupby(args.group)["split"].nunique()
-    if (crossing > 1).any():
-        raise SystemExit(f"groups straddle splits: {sorted(crossing[crossing > 1].index)}")
-    rows = []
-    if not args.no_yardsticks:
-        features = yardstick_features(catalog, manifest, work)
-        for label, key in (
-            ("MFCC mean/std + LR", "mfcc"),
-            ("musicnn (MSD) penultimate embeddings + LR", "musicnn"),
-            ("musicnn (MSD) pooled features + LR", "pooled"),
-        ):
-            rows.append(yardstick(label, features[key], catalog, group))
-            rows.append(yardstick(label, features[key], catalog, group, refit=True))
-    for name in args.runs.split(","):
-        extra = list(args.set) if name == "recommended" else []
-        rows.append(genreflow_run(name, manifest, work, extra, group))
-    counts = catalog["split"].value_counts().to_dict()
+    runs = [r for r in args.runs.split(",") if r]
+    features = None if args.no_yardsticks else yardstick_features(catalog, manifest, work)
+    if args.folds:
+        catalog = catalog.assign(uri=[resolve(u, manifest) for u in catalog["uri"]])
+        per_fold = []
+        for i, split in enumerate(album_folds(catalog, args.group, args.folds, args.seed)):
+            fold = catalog.assign(split=split)
+            digest = hashlib.sha1(fold.to_csv(index=False).encode()).hexdigest()[:8]
+            fold_work = work / f"folds{args.folds}" / f"fold{i}-{digest}"
+            fold_work.mkdir(parents=True, exist_ok=True)
+            fold_manifest = fold_work / "manifest.csv"
+            fold.to_csv(fold_manifest, index=False)
+            tested = sorted(set(fold.loc[fold["split"] == "test", args.group]))
+            print(f"fold {i + 1}/{args.folds}: test {', '.join(tested)}", flush=True)
+            per_fold.append(
+                evaluate(fold, fold_manifest, fold_work, runs, args.set, group, features)
+            )
+        rows = summarise(per_fold)
+        splits = f"{args.folds} {args.group}-disjoint folds (seed {args.seed})"
+    else:
+        crossing = catalog.groupby(args.group)["split"].nunique()
+        if (crossing > 1).any():
+            raise SystemExit(f"groups straddle splits: {sorted(crossing[crossing > 1].index)}")
+        per_fold = []
+        rows = evaluate(catalog, manifest, work, runs, args.set, group, features)
+        counts = catalog["split"].value_counts().to_dict()
+        splits = f"the manifest's split: {counts}"
     result = {
         "manifest": str(manifest),
         "tracks": len(catalog),
         "groups": int(catalog[args.group].nunique()),
-        "split_tracks": counts,
+        "splits": splits,
         "chance_p_at_5": chance(group),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "rows": rows,
+        **({"folds": per_fold} if per_fold else {}),
     }
-    out = work / f"quality-{args.runs.replace(',', '+')}.json"
+    name = args.runs.replace(",", "+") + (f"-folds{args.folds}" if args.folds else "")
+    out = work / f"quality-{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"\n{len(catalog)} tracks, {result['groups']} {args.group}s, test {counts.get('test')}; "
+        f"\n{len(catalog)} tracks, {result['groups']} {args.group}s, {splits}; "
         f"chance precision@5 {result['chance_p_at_5']:.2f}\n"
     )
     print(
@@ -276,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['run']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['p_at_5']:.3f} "
-            f"| {r.get('best_epoch', '')} | {r.get('train_s', '')} "
+            f"| {r['run']} | {cell(r, 'macro_f1')} | {cell(r, 'accuracy')} | {cell(r, 'p_at_5')} "
+            f"| {r.get('best_epoch') or ''} | {r.get('train_s') or ''} "
             f"| {r.get('label_tracks_per_s') or ''} |"
         )
     print(f"\n-> {out}")
