@@ -100,6 +100,8 @@ class TrainConfig:
     spec_augment: int = 0  # time and frequency masks per token (each <= 1/8 of its axis)
     gain_jitter_db: float = 0.0  # random gain per track, uniform in +-this many dB
     offset_jitter: float = 0.0  # circular shift of every token's frames, up to this fraction
+    frontend_lr_scale: float = 0.1  # a fine-tuned pretrained front end (model_overrides=
+    # {finetune: true}) learns at lr x this; the layers above it at lr
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     seed: int = 0
     deterministic: bool = False  # torch's deterministic algorithms: a rerun, or a run
@@ -121,8 +123,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr", "frontend_lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"folds must be 0 (off) or >= 2, got {self.folds}")
         ranges = {
@@ -409,12 +412,25 @@ def evaluate(
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The run's optimizer over the trainable parameters (a frozen front end has none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The run's optimizer over the trainable parameters (a frozen front end has none).
+
+    A fine-tuned pretrained front end (parameters under a ``frontend`` module) is a group
+    of its own whose ``lr_scale`` is ``config.frontend_lr_scale``: each epoch's learning
+    rate (:meth:`TrainingRecipe.train_epoch`) is multiplied by its group's ``lr_scale``."""
+    own: list[nn.Parameter] = []
+    pretrained: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (pretrained if "frontend" in name.split(".") else own).append(param)
+    groups: list[dict[str, Any]] = [{"params": own, "lr_scale": 1.0}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr_scale": config.frontend_lr_scale})
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        params,
+        groups,
         lr=config.lr,
         momentum=config.momentum,
         nesterov=True,
@@ -652,7 +668,7 @@ class TrainingRecipe:
         epoch's loss and where its time went."""
         lr = self.config.lr * lr_factor(self.config, epoch if epoch is not None else 0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.net.train()
         started, waited, first_wait, computed = time.perf_counter(), 0.0, 0.0, 0.0
         cpu_started = time.process_time()  # every thread of this worker, Ray's included

@@ -85,7 +85,13 @@ def test_mixup_mixes_tokens_and_the_step_mixes_the_labels() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    [{"label_smoothing": 1.0}, {"mixup_alpha": -0.1}, {"offset_jitter": 1.5}, {"spec_augment": -1}],
+    [
+        {"label_smoothing": 1.0},
+        {"mixup_alpha": -0.1},
+        {"offset_jitter": 1.5},
+        {"spec_augment": -1},
+        {"frontend_lr_scale": 0.0},
+    ],
 )
 def test_recipe_settings_out_of_range_are_refused(override: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=next(iter(override))):

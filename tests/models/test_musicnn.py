@@ -18,6 +18,7 @@ from genreflow.models.musicnn import PATCH_FRAMES, Musicnn, MusicnnFrontend
 from genreflow.pretrained import musicnn as pretrained
 from genreflow.pretrained.tf_bundle import BundleError, read_bundle, read_index
 from genreflow.tokens import TokenSpec, preset
+from genreflow.train import TrainConfig, TrainingRecipe, lr_factor
 from tests.fixtures.musicnn_reference import OUT as REFERENCE
 from tests.fixtures.musicnn_reference import clips
 
@@ -184,3 +185,43 @@ def test_the_front_end_offers_pooled_and_penultimate_features() -> None:
             "signature_attention", spec, n_genres=3, preset="musicnn",
             overrides={"features": "taggram"},
         )  # fmt: skip
+
+
+def test_fine_tuning_trains_the_front_end_at_its_own_rate() -> None:
+    spec = preset("musicnn")
+    config = TrainConfig(
+        model="signature_attention", preset="musicnn", model_overrides={"finetune": True},
+        lr=1e-3, frontend_lr_scale=0.25, epochs=4, lr_schedule="cosine", channels_last=False,
+    )  # fmt: skip
+    recipe = TrainingRecipe(config, spec, genres=["a", "b", "c"], moods=["x", "y"])
+    recipe.prepare()
+    frontend = getattr(recipe.model, "frontend")  # noqa: B009
+    own, pretrained = recipe.optimizer.param_groups
+    assert {id(p) for p in pretrained["params"]} == {id(p) for p in frontend.parameters()}
+    assert not {id(p) for p in own["params"]} & {id(p) for p in pretrained["params"]}
+    assert (own["lr"], pretrained["lr"]) == pytest.approx((1e-3, 2.5e-4))
+    before = {n: p.detach().clone() for n, p in frontend.named_parameters()}
+    tokens = torch.from_numpy(
+        np.stack(
+            [log_mel_for_spec(c, spec) for c in np.tile(clips(), (1, 8))[:2, : spec.clip_samples]]
+        )
+    )
+    x = torch.stack([tokens[:, :, s : s + spec.token_frames] for s in spec.token_starts()], 1)
+    batch = {"tokens": x, "genre_idx": torch.tensor([0, 2]), "mood_idx": torch.tensor([-1, -1])}
+    trained = recipe.train_epoch([batch], epoch=2)
+    factor = lr_factor(config, 2)
+    assert trained["lr"] == pytest.approx(1e-3 * factor)
+    assert (own["lr"], pretrained["lr"]) == pytest.approx((1e-3 * factor, 2.5e-4 * factor))
+    assert frontend.net.training  # fine-tuned: its batch norms train too
+    moved = [n for n, p in frontend.named_parameters() if not torch.equal(p, before[n])]
+    assert moved  # a gradient reached musicnn and the optimizer stepped it
+    # frozen (the preset's default): one group, nothing of musicnn in it
+    frozen = TrainingRecipe(
+        TrainConfig(model="signature_attention", preset="musicnn"),
+        spec, genres=["a", "b", "c"], moods=["x", "y"],
+    )  # fmt: skip
+    (group,) = frozen.optimizer.param_groups
+    assert not {id(p) for p in group["params"]} & {
+        id(p)
+        for p in getattr(frozen.model, "frontend").parameters()  # noqa: B009
+    }
