@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     features = None if args.no_yardsticks else yardstick_features(catalog, manifest, work)
     if args.folds:
         catalog = catalog.assign(uri=[resolve(u, manifest) for u in catalog["uri"]])
-        per_fold = []
+        per_fold, tested_per_fold = [], []
         for i, split in enumerate(album_folds(catalog, args.group, args.folds, args.seed)):
             fold = catalog.assign(split=split)
             digest = hashlib.sha1(fold.to_csv(index=False).encode()).hexdigest()[:8]
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             fold_manifest = fold_work / "manifest.csv"
             fold.to_csv(fold_manifest, index=False)
             tested = sorted(set(fold.loc[fold["split"] == "test", args.group]))
+            tested_per_fold.append(tested)
             print(f"fold {i + 1}/{args.folds}: test {', '.join(tested)}", flush=True)
             per_fold.append(
                 evaluate(fold, fold_manifest, fold_work, runs, args.set, group, features)
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         crossing = catalog.groupby(args.group)["split"].nunique()
         if (crossing > 1).any():
             raise SystemExit(f"groups straddle splits: {sorted(crossing[crossing > 1].index)}")
-        per_fold = []
+        per_fold, tested_per_fold = [], []
         rows = evaluate(catalog, manifest, work, runs, args.set, group, features)
         counts = catalog["split"].value_counts().to_dict()
         splits = f"the manifest's split: {counts}"
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         **({"folds": per_fold} if per_fold else {}),
     }
-    name = args.runs.replace(",", "+") + (f"-folds{args.folds}" if args.folds else "")
+    name = ("+".join(runs) or "yardsticks") + (f"-folds{args.folds}" if args.folds else "")
     out = work / f"quality-{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
@@ -388,6 +389,16 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r.get('best_epoch') or ''} | {r.get('train_s') or ''} "
             f"| {r.get('label_tracks_per_s') or ''} |"
         )
+    if per_fold:
+        print(
+            f"\ntest macro-F1 per fold (test {args.group}s: "
+            + "; ".join(f"{i + 1} {', '.join(t)}" for i, t in enumerate(tested_per_fold))
+            + ")\n"
+        )
+        print("| run | " + " | ".join(f"fold {i + 1}" for i in range(args.folds)) + " |")
+        print("| --- |" + " --- |" * args.folds)
+        for r in rows:
+            print(f"| {r['run']} | " + " | ".join(f"{v:.3f}" for v in r["macro_f1_folds"]) + " |")
     print(f"\n-> {out}")
     return 0
 
