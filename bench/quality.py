@@ -1,4 +1,4 @@
-"""Quality on a labelled catalog: genreflow's commands against two yardsticks, one table.
+"""Quality on a labelled catalog: genreflow's commands against yardsticks, one table.
 
     .venv/bin/python bench/quality.py --manifest bench/_work/music/manifest.csv \\
         [--work bench/_work/quality] [--runs default,recommended] [--set key=value ...]
@@ -324,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "quality")
     parser.add_argument("--runs", default="default,recommended")
     parser.add_argument("--group", default="album")
-    parser.add_argument("--folds", type=int, default=0, help="album-disjoint folds (>= 3)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="cross-validate over this many --group-disjoint folds (>= 3)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="how --folds deals the groups")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for the recommended run")
     parser.add_argument("--no-yardsticks", action="store_true")
