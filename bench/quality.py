@@ -195,7 +195,8 @@ def album_folds(catalog: pd.DataFrame, group: str, folds: int, seed: int = 0) ->
 
 
 def yardstick_features(catalog: pd.DataFrame, manifest: Path, work: Path) -> dict[str, np.ndarray]:
-    """MFCC statistics and musicnn embeddings of every clip (cached per manifest)."""
+    """MFCC statistics and musicnn embeddings of every clip (cached per list of clips, so
+    the folds of one catalog share them)."""
     clips = "\n".join(f"{t},{u}" for t, u in zip(catalog["track_id"], catalog["uri"], strict=True))
     cache = work / f"yardsticks-v3-{hashlib.sha1(clips.encode()).hexdigest()[:12]}.npz"
     if cache.exists():
