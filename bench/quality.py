@@ -29,6 +29,9 @@ index does with signatures. Runs:
   ``spec=musicnn`` dataset (README's recommended command).
 
 ``--set`` adds ``key=value`` overrides to the recommended run (recipe ablations).
+Every finished run leaves its row in ``<work>/rows/`` with the manifest's digest and the
+commit; ``--reuse`` reads those back instead of running them again (a fine-tuning fold
+takes most of an hour on a CPU; an interrupted ``--folds`` run resumes).
 
 ``--folds K`` (K >= 3) replaces the manifest's split by K album-disjoint folds, dealt
 per genre so that every fold holds albums of every genre it can: fold i is ``test``,
@@ -115,15 +118,59 @@ def classification(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:
     }
 
 
+def commit() -> str | None:
+    """The checkout's commit (with ``+`` when it has uncommitted changes), if it is one."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
+def run_tag(name: str, extra: list[str]) -> str:
+    """A run's name in the work folder: the run and a digest of its ``--set`` overrides."""
+    return name + ("-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:6] if extra else "")
+
+
 def genreflow_run(
-    name: str, manifest: Path, work: Path, extra: list[str], group: dict[str, str]
+    name: str,
+    manifest: Path,
+    work: Path,
+    extra: list[str],
+    group: dict[str, str],
+    *,
+    reuse: bool = False,
 ) -> dict[str, Any]:
+    """One run's row: ingest (once per work folder), train, label and index as a user
+    would. Every finished run leaves its row at ``<work>/rows/<tag>.json``; with
+    ``reuse`` a run that has one is read back instead of run again (a run takes minutes
+    to hours, and an interrupted ``--folds`` run then picks up where it stopped)."""
     spec, train_args = RUNS[name]
     dataset = work / f"dataset-{spec}"
-    tag = name + ("-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:6] if extra else "")
+    tag = run_tag(name, extra)
+    stored = work / "rows" / f"{tag}.json"
+    manifest_sha1 = hashlib.sha1(manifest.read_bytes()).hexdigest()
+    if reuse and stored.exists():
+        row: dict[str, Any] = json.loads(stored.read_text())
+        if row.get("manifest_sha1") == manifest_sha1:
+            print(
+                f"{tag}: reused {stored} (commit {row.get('commit')}, "
+                f"finished {row.get('finished')})",
+                flush=True,
+            )
+            return row
+        print(f"{tag}: {stored} is of another manifest; running again", flush=True)
     run, labels, index = work / "runs" / tag, work / "labels" / tag, work / "index" / tag
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    stored.unlink(missing_ok=True)
     print(f"{tag}: {' '.join(train_args + extra)}", flush=True)
     started = time.perf_counter()
     if not (dataset / "_dataset.json").exists():
@@ -150,7 +197,7 @@ def genreflow_run(
     table = read_neighbours(str(index)).to_pylist()
     found = {r["track_id"]: [n["track_id"] for n in r["neighbours"]] for r in table}
     metrics = json.loads((run / "metrics.json").read_text())
-    return {
+    row = {
         "run": tag,
         "command": " ".join(["genreflow train", *train_args, *extra]),
         **classification(test["true_genre"], test["genre"]),
@@ -158,7 +205,15 @@ def genreflow_run(
         "best_epoch": metrics.get("best_epoch"),
         "train_s": round(train_s),
         "label_tracks_per_s": float(speed.group(1)) if speed else None,
+        "manifest_sha1": manifest_sha1,
+        "commit": commit(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    stored.parent.mkdir(exist_ok=True)
+    partial = stored.with_suffix(".json.partial")
+    partial.write_text(json.dumps(row, indent=2) + "\n")
+    os.replace(partial, stored)
+    return row
 
 
 def resolve(uri: str, manifest: Path) -> str:
@@ -273,6 +328,7 @@ YARDSTICKS = (
     ("musicnn (MSD) pooled features + LR", "pooled"),
 )
 METRICS = ("macro_f1", "accuracy", "p_at_5")
+PROVENANCE = ("manifest_sha1", "commit", "finished")  # per run, not summed over folds
 
 
 def evaluate(
@@ -283,6 +339,8 @@ def evaluate(
     extra: list[str],
     group: dict[str, str],
     features: dict[str, np.ndarray] | None,
+    *,
+    reuse: bool = False,
 ) -> list[dict[str, Any]]:
     """Every row of the table on the splits of ``catalog`` (written at ``manifest``)."""
     rows = []
@@ -292,7 +350,7 @@ def evaluate(
             rows.append(yardstick(label, features[key], catalog, group, refit=True))
     for name in runs:
         overrides = extra if name == "recommended" else []
-        rows.append(genreflow_run(name, manifest, work, overrides, group))
+        rows.append(genreflow_run(name, manifest, work, overrides, group, reuse=reuse))
     return rows
 
 
@@ -300,7 +358,9 @@ def summarise(per_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per run: each metric's mean and standard deviation over the folds."""
     rows = []
     for same in zip(*per_fold, strict=True):
-        row = {k: v for k, v in same[0].items() if k not in METRICS}
+        row = {k: v for k, v in same[0].items() if k not in METRICS + PROVENANCE}
+        if any(r.get("commit") for r in same):
+            row["commit"] = ",".join(sorted({str(r.get("commit")) for r in same}))
         for metric in METRICS:
             values = np.array([r[metric] for r in same])
             row[metric], row[metric + "_sd"] = float(values.mean()), float(values.std(ddof=1))
@@ -334,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="how --folds deals the groups")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for the recommended run")
     parser.add_argument("--no-yardsticks", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read back runs that finished earlier in the same work folder (same manifest, "
+        "same --set) instead of running them again; each row says its commit",
+    )
     args = parser.parse_args(argv)
     manifest, work = args.manifest.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -355,7 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             tested_per_fold.append(tested)
             print(f"fold {i + 1}/{args.folds}: test {', '.join(tested)}", flush=True)
             per_fold.append(
-                evaluate(fold, fold_manifest, fold_work, runs, args.set, group, features)
+                evaluate(
+                    fold,
+                    fold_manifest,
+                    fold_work,
+                    runs,
+                    args.set,
+                    group,
+                    features,
+                    reuse=args.reuse,
+                )
             )
         rows = summarise(per_fold)
         splits = f"{args.folds} {args.group}-disjoint folds (seed {args.seed})"
@@ -364,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         if (crossing > 1).any():
             raise SystemExit(f"groups straddle splits: {sorted(crossing[crossing > 1].index)}")
         per_fold, tested_per_fold = [], []
-        rows = evaluate(catalog, manifest, work, runs, args.set, group, features)
+        rows = evaluate(catalog, manifest, work, runs, args.set, group, features, reuse=args.reuse)
         counts = catalog["split"].value_counts().to_dict()
         splits = f"the manifest's split: {counts}"
     result = {

@@ -3,7 +3,9 @@ of a split, and every fold holds every genre that has enough albums."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -80,3 +82,46 @@ def test_summary_is_mean_and_spread_over_folds(quality: ModuleType) -> None:
     assert summary["p_at_5_folds"] == [0.4, 0.6]
     assert summary["best_epoch"] == "3/5"
     assert quality.cell(summary, "p_at_5") == "0.500 ± 0.141"
+
+    made = [dict(row(0.5, 0.4, 3), commit="aaa", manifest_sha1="1", finished="t1")]
+    made.append(dict(row(0.7, 0.6, 5), commit="bbb+", manifest_sha1="2", finished="t2"))
+    (summary,) = quality.summarise([[made[0]], [made[1]]])
+    assert summary["commit"] == "aaa,bbb+"  # every fold's commit, not the first one's
+    assert "manifest_sha1" not in summary and "finished" not in summary
+
+
+class Ran(Exception):
+    """Raised by the stand-in for a genreflow command: the run was not reused."""
+
+
+def test_finished_runs_are_reused_only_for_the_same_manifest(
+    quality: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def command(*args: str, log: Path) -> None:
+        raise Ran(args[0])
+
+    monkeypatch.setattr(quality, "genreflow", command)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("track_id,uri,genre,album,split\na,a.ogg,pop,x,train\n")
+    work = tmp_path / "work"
+    extra = ["epochs=3"]
+    stored = work / "rows" / f"{quality.run_tag('recommended', extra)}.json"
+    stored.parent.mkdir(parents=True)
+    row = {
+        "run": quality.run_tag("recommended", extra),
+        "macro_f1": 0.5,
+        "manifest_sha1": hashlib.sha1(manifest.read_bytes()).hexdigest(),
+        "commit": "abc1234",
+    }
+    stored.write_text(json.dumps(row))
+
+    assert quality.genreflow_run("recommended", manifest, work, extra, {}, reuse=True) == row
+    with pytest.raises(Ran, match="ingest"):  # asked to run afresh
+        quality.genreflow_run("recommended", manifest, work, extra, {})
+    assert not stored.exists()  # a run that starts again drops the old row first
+    stored.write_text(json.dumps(row))
+    with pytest.raises(Ran, match="ingest"):  # other --set overrides: another run
+        quality.genreflow_run("recommended", manifest, work, ["epochs=4"], {}, reuse=True)
+    manifest.write_text("track_id,uri,genre,album,split\na,a.ogg,pop,x,test\n")
+    with pytest.raises(Ran, match="ingest"):  # the same run of another manifest
+        quality.genreflow_run("recommended", manifest, work, extra, {}, reuse=True)
