@@ -29,9 +29,11 @@ index does with signatures. Runs:
   ``spec=musicnn`` dataset (README's recommended command).
 
 ``--set`` adds ``key=value`` overrides to the recommended run (recipe ablations).
-Every finished run leaves its row in ``<work>/rows/`` with the manifest's digest and the
-commit; ``--reuse`` reads those back instead of running them again (a fine-tuning fold
-takes most of an hour on a CPU; an interrupted ``--folds`` run resumes).
+Every finished run leaves its row in ``<work>/rows/`` with the digests of its manifest and
+config file and the commit; ``--reuse`` reads back a row whose manifest and config are
+unchanged instead of running it again (a fine-tuning fold takes most of an hour on a CPU;
+an interrupted ``--folds`` run resumes). Code changes are not detected: the row's commit
+says which code made it.
 
 ``--folds K`` (K >= 3) replaces the manifest's split by K album-disjoint folds, dealt
 per genre so that every fold holds albums of every genre it can: fold i is ``test``,
@@ -139,6 +141,16 @@ def run_tag(name: str, extra: list[str]) -> str:
     return name + ("-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:6] if extra else "")
 
 
+def run_inputs(manifest: Path, train_args: list[str]) -> dict[str, str | None]:
+    """What a run's row depends on besides its tag and the code: the SHA-1 of the
+    manifest and of the ``--config`` file the run trains with (if any)."""
+    config = train_args[train_args.index("--config") + 1] if "--config" in train_args else None
+    return {
+        "manifest_sha1": hashlib.sha1(manifest.read_bytes()).hexdigest(),
+        "config_sha1": hashlib.sha1(Path(config).read_bytes()).hexdigest() if config else None,
+    }
+
+
 def genreflow_run(
     name: str,
     manifest: Path,
@@ -156,17 +168,17 @@ def genreflow_run(
     dataset = work / f"dataset-{spec}"
     tag = run_tag(name, extra)
     stored = work / "rows" / f"{tag}.json"
-    manifest_sha1 = hashlib.sha1(manifest.read_bytes()).hexdigest()
+    inputs = run_inputs(manifest, train_args)
     if reuse and stored.exists():
         row: dict[str, Any] = json.loads(stored.read_text())
-        if row.get("manifest_sha1") == manifest_sha1:
+        if all(row.get(k) == v for k, v in inputs.items()):
             print(
                 f"{tag}: reused {stored} (commit {row.get('commit')}, "
                 f"finished {row.get('finished')})",
                 flush=True,
             )
             return row
-        print(f"{tag}: {stored} is of another manifest; running again", flush=True)
+        print(f"{tag}: {stored} is of another manifest or config; running again", flush=True)
     run, labels, index = work / "runs" / tag, work / "labels" / tag, work / "index" / tag
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -205,7 +217,7 @@ def genreflow_run(
         "best_epoch": metrics.get("best_epoch"),
         "train_s": round(train_s),
         "label_tracks_per_s": float(speed.group(1)) if speed else None,
-        "manifest_sha1": manifest_sha1,
+        **inputs,
         "commit": commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -328,7 +340,12 @@ YARDSTICKS = (
     ("musicnn (MSD) pooled features + LR", "pooled"),
 )
 METRICS = ("macro_f1", "accuracy", "p_at_5")
-PROVENANCE = ("manifest_sha1", "commit", "finished")  # per run, not summed over folds
+PROVENANCE = (
+    "manifest_sha1",
+    "config_sha1",
+    "commit",
+    "finished",
+)  # per run, not summed over folds
 
 
 def evaluate(

@@ -110,9 +110,14 @@ def test_finished_runs_are_reused_only_for_the_same_manifest(
     row = {
         "run": quality.run_tag("recommended", extra),
         "macro_f1": 0.5,
-        "manifest_sha1": hashlib.sha1(manifest.read_bytes()).hexdigest(),
+        **quality.run_inputs(manifest, quality.RUNS["recommended"][1]),
         "commit": "abc1234",
     }
+    assert row["manifest_sha1"] == hashlib.sha1(manifest.read_bytes()).hexdigest()
+    assert (
+        row["config_sha1"]
+        == hashlib.sha1((ROOT / "configs" / "train-musicnn.yaml").read_bytes()).hexdigest()
+    )
     stored.write_text(json.dumps(row))
 
     assert quality.genreflow_run("recommended", manifest, work, extra, {}, reuse=True) == row
@@ -122,6 +127,10 @@ def test_finished_runs_are_reused_only_for_the_same_manifest(
     stored.write_text(json.dumps(row))
     with pytest.raises(Ran, match="ingest"):  # other --set overrides: another run
         quality.genreflow_run("recommended", manifest, work, ["epochs=4"], {}, reuse=True)
+    stored.write_text(json.dumps({**row, "config_sha1": "of an earlier config file"}))
+    with pytest.raises(Ran, match="ingest"):  # the config file changed since
+        quality.genreflow_run("recommended", manifest, work, extra, {}, reuse=True)
+    stored.write_text(json.dumps(row))
     manifest.write_text("track_id,uri,genre,album,split\na,a.ogg,pop,x,test\n")
     with pytest.raises(Ran, match="ingest"):  # the same run of another manifest
         quality.genreflow_run("recommended", manifest, work, extra, {}, reuse=True)
