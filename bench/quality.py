@@ -183,6 +183,7 @@ def genreflow_run(
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stored.unlink(missing_ok=True)
+    made_by = commit()  # the code as the run starts
     print(f"{tag}: {' '.join(train_args + extra)}", flush=True)
     started = time.perf_counter()
     if not (dataset / "_dataset.json").exists():
@@ -218,7 +219,7 @@ def genreflow_run(
         "train_s": round(train_s),
         "label_tracks_per_s": float(speed.group(1)) if speed else None,
         **inputs,
-        "commit": commit(),
+        "commit": made_by,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     stored.parent.mkdir(exist_ok=True)
