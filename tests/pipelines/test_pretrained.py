@@ -1,6 +1,7 @@
 """The recommended training (configs/train-musicnn.yaml) through the real jobs: ingest
-with the musicnn spec, train on the frozen pretrained front end, load the checkpoint
-with ``weights_only=True`` and label with the existing label job."""
+with the musicnn spec, train with the pretrained front end fine-tuned (as the config
+ships) or frozen, load the checkpoint with ``weights_only=True`` and label with the
+existing label job."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ MUSICNN_SHORT = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("finetune", [True, False], ids=["as-shipped-fine-tuned", "frozen"])
 def test_recommended_config_trains_on_musicnn_and_labels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finetune: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
     manifest = make_demo_catalog(
@@ -54,7 +56,8 @@ def test_recommended_config_trains_on_musicnn_and_labels(
         load_config(
             TrainConfig,
             REPO / "configs" / "train-musicnn.yaml",
-            overrides=["epochs=1", "batch_size=4"],
+            overrides=["epochs=1", "batch_size=4"]
+            + ([] if finetune else ["model_overrides={finetune: false}"]),
             data=str(data),
             out=str(run),
         )
@@ -64,11 +67,18 @@ def test_recommended_config_trains_on_musicnn_and_labels(
     monkeypatch.setenv(pretrained.WEIGHTS_DIR_ENV, str(tmp_path / "nowhere"))
     loaded = ckpt.load_model(best)
     frontend = getattr(loaded.model, "frontend", None)
-    assert isinstance(frontend, MusicnnFrontend) and not frontend.trainable
+    assert isinstance(frontend, MusicnnFrontend) and frontend.trainable == finetune
     monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV)
-    # frozen: the front end the run saved is musicnn's, to the bit
-    for name, tensor in pretrained.pretrained_state("MSD_musicnn").items():
-        assert torch.equal(frontend.net.state_dict()[name], tensor), name
+    # frozen, the front end the run saved is musicnn's to the bit; fine-tuned, every
+    # tensor up to the pooled features the model reads has learned (the dense and tag
+    # layers past them get no gradient)
+    state = frontend.net.state_dict()
+    original = pretrained.pretrained_state("MSD_musicnn")
+    unchanged = [name for name, tensor in original.items() if torch.equal(state[name], tensor)]
+    if finetune:
+        assert [n for n in unchanged if not n.startswith(("dense.", "dense_norm.", "tags."))] == []
+    else:
+        assert unchanged == list(original)
     labels = tmp_path / "labels"
     result = run_label(
         load_config(LabelConfig, checkpoint=best, input=str(manifest), out=str(labels))
