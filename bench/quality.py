@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse",
         action="store_true",
         help="read back runs that finished earlier in the same work folder (same manifest, "
-        "same --set) instead of running them again; each row says its commit",
+        "config and --set) instead of running them again; each row says its commit",
     )
     args = parser.parse_args(argv)
     manifest, work = args.manifest.resolve(), args.work.resolve()
