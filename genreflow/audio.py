@@ -8,10 +8,13 @@ local files. Every failure is an :class:`AudioError` with a stable ``kind``.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,20 +39,123 @@ class Clip:
     duration_s: float  # audio actually present before padding, in seconds
     source_sample_rate: int
     source_channels: int
+    offset_s: float = 0.0  # where the clip starts in the track
+    track_s: float = 0.0  # the track's length as its header declares it
 
 
-def load_audio(uri: str, *, max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode the start of an audio file.
+# Where a window starts, given the track's length in seconds (e.g. TokenSpec.clip_offset_s).
+Placement = Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Decoded audio of one window of a track."""
+
+    samples: np.ndarray  # [channels, n] float32
+    sample_rate: int
+    offset_s: float  # where the window starts in the track
+    track_s: float  # the track's length as its header declares it
+
+
+def load_audio(
+    uri: str, *, max_duration_s: float | None = None, offset: float | Placement = 0.0
+) -> tuple[np.ndarray, int]:
+    """Decode one window of an audio file (by default its start).
 
     Args:
         uri: local path, ``file://`` or any pyarrow filesystem URI (``s3://...``).
-        max_duration_s: decode at most this much from the start; ``None`` for all.
+        max_duration_s: decode at most this much; ``None`` for all.
+        offset: seconds into the track where decoding starts, or a function of the
+            track's length giving them; the decoder seeks there, nothing before it is
+            decoded.
 
     Returns:
         ``(samples [channels, n_samples] float32, sample_rate)``.
 
     Raises:
         AudioError: ``missing``, ``empty``, ``undecodable`` or ``truncated``.
+    """
+    window = load_window(uri, length_s=max_duration_s, offset=offset)
+    return window.samples, window.sample_rate
+
+
+def load_window(uri: str, *, length_s: float | None, offset: float | Placement = 0.0) -> Window:
+    """:func:`load_audio` with where the window lies in the track.
+
+    Raises:
+        AudioError: ``missing``, ``empty``, ``undecodable`` or ``truncated``.
+    """
+    place = offset if callable(offset) else (lambda _track_s, at=float(offset): at)
+    (window,) = load_windows(uri, length_s=length_s, starts=lambda track_s: [place(track_s)])
+    return window
+
+
+def load_windows(
+    uri: str, *, length_s: float | None, starts: Callable[[float], Sequence[float]]
+) -> list[Window]:
+    """Decode several windows of one file, opened once, seeking to each: the windows'
+    bytes are read, never the rest of the file (on a local file or one in object
+    storage alike). ``starts`` maps the track's length (from its header) to the start of
+    every window, in seconds.
+
+    Raises:
+        AudioError: ``missing``, ``empty``, ``undecodable`` or ``truncated``.
+    """
+    with _opened(uri) as (source, local, path):
+        try:
+            try:
+                return _read_soundfile(source, uri, length_s, starts)
+            except sf.LibsndfileError as exc:
+                if local:
+                    return _read_librosa(path, uri, length_s, starts, reason=str(exc))
+                raise AudioError(
+                    "undecodable", f"not a readable audio file: {uri!r} ({exc})"
+                ) from exc
+        except AudioError as exc:
+            if exc.kind != "undecodable":
+                raise
+            cause = _mp3_fault(source if not local else path, uri)
+            if cause is None:
+                raise
+            raise AudioError(*cause) from exc
+
+
+def _mp3_fault(source: Any, uri: str) -> tuple[str, str] | None:
+    """What is wrong with a file no decoder reads, where its bytes say: an ID3 tag and
+    no audio after it (``no_audio``; fma_small's 099134, 108925, 133297), or a tag
+    followed by bytes that hold no MP3 frame. None when the bytes say nothing."""
+    with ExitStack() as stack:
+        handle = source
+        if isinstance(source, str):
+            handle = stack.enter_context(open(source, "rb"))
+        handle.seek(0)
+        head = bytes(handle.read(MP3_SYNC_SEARCH))
+        size = int(handle.seek(0, io.SEEK_END))
+    if not head.startswith(b"ID3") or len(head) < 10:
+        return None
+    tag_end = 10 + (
+        (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+    )
+    if size - tag_end < 128:
+        return "no_audio", (
+            f"{uri!r} holds an ID3 tag and no audio ({size} bytes in all, {max(0, size - tag_end)} "
+            "after the tag)"
+        )
+    if tag_end < len(head) and mp3_frame_at(head[tag_end:]) is None:
+        return "undecodable", (
+            f"{uri!r}: after its ID3 tag, {size - tag_end} bytes that hold no MP3 frame (the "
+            "file is corrupt even where its checksum matches)"
+        )
+    return None
+
+
+@contextmanager
+def _opened(uri: str) -> Iterator[tuple[Any, bool, str]]:
+    """What soundfile opens for ``uri`` (a local path, or a file object in object
+    storage), whether it is local, and its path.
+
+    Raises:
+        AudioError: ``missing`` or ``empty``.
     """
     try:
         fs, path = storage.resolve(uri)
@@ -62,56 +168,176 @@ def load_audio(uri: str, *, max_duration_s: float | None = None) -> tuple[np.nda
         raise AudioError("missing", f"not a file: {uri!r}")
     if info.size == 0:
         raise AudioError("empty", f"empty file (0 bytes): {uri!r}")
-    local = not storage.is_remote(uri)
-    try:
-        if local:
-            return _read_soundfile(path, uri, max_duration_s)
+    if storage.is_remote(uri):
         with fs.open_input_file(path) as handle:
-            return _read_soundfile(handle, uri, max_duration_s)
-    except sf.LibsndfileError as exc:
-        if local:
-            return _read_librosa(path, uri, max_duration_s, reason=str(exc))
-        raise AudioError("undecodable", f"not a readable audio file: {uri!r} ({exc})") from exc
+            yield handle, False, path
+    else:
+        yield path, True, path
 
 
-def _read_soundfile(source: Any, uri: str, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+def _read_soundfile(
+    source: Any, uri: str, length_s: float | None, starts: Callable[[float], Sequence[float]]
+) -> list[Window]:
+    windows = []
     with sf.SoundFile(source) as f:
         sample_rate = int(f.samplerate)
         declared = int(f.frames)
-        wanted = declared
-        if max_duration_s is not None:
-            wanted = min(declared, math.ceil(max_duration_s * sample_rate))
-        data = f.read(frames=wanted, dtype="float32", always_2d=True)  # [n, channels]
-    if data.shape[0] == 0:
-        raise AudioError("undecodable", f"no audio frames could be decoded from {uri!r}")
-    if data.shape[0] < TRUNCATION_TOLERANCE * wanted:
-        raise AudioError(
-            "truncated",
-            f"{uri!r} is cut short: its header declares {declared / sample_rate:.2f} s "
-            f"but only {data.shape[0] / sample_rate:.2f} s decode",
-        )
-    return np.ascontiguousarray(data.T), sample_rate
+        track_s = declared / sample_rate
+        mp3 = f.format == "MP3"
+        for start_s in starts(track_s):
+            first = min(max(0, round(start_s * sample_rate)), declared)
+            wanted = declared - first
+            if length_s is not None:
+                wanted = min(wanted, math.ceil(length_s * sample_rate))
+            if first and mp3:
+                data = _read_mp3_at(source, uri, first / declared, wanted)
+            else:
+                if first:
+                    f.seek(first)
+                data = f.read(frames=wanted, dtype="float32", always_2d=True)  # [n, channels]
+            if data.shape[0] == 0:
+                raise AudioError("undecodable", f"no audio frames could be decoded from {uri!r}")
+            if data.shape[0] < TRUNCATION_TOLERANCE * wanted:
+                raise AudioError(
+                    "truncated",
+                    f"{uri!r} is cut short: its header declares {track_s:.2f} s "
+                    f"but only {(first + data.shape[0]) / sample_rate:.2f} s decode",
+                )
+            windows.append(
+                Window(np.ascontiguousarray(data.T), sample_rate, first / sample_rate, track_s)
+            )
+    return windows
+
+
+# --- MP3: seek by bytes ------------------------------------------------------------------
+# libsndfile's MP3 decoder seeks exactly by reading every frame before the target: half
+# the file for a clip from the middle. A window of an MP3 is read instead from the frame
+# that starts nearest its share of the file's bytes (exact for constant bitrate, FMA's
+# usual case; within a few percent for VBR), so a 20-minute track costs what 30 s cost.
+
+_MP3_BITRATES = {  # kbit/s by (MPEG-1?, layer) and the header's 4-bit index
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+MP3_SYNC_SEARCH = 64 * 1024  # bytes searched for a frame header from the estimated offset
+
+
+def _mp3_frame_length(header: bytes) -> int:
+    """Bytes of the Layer III frame starting with ``header`` (4 bytes); 0 if it is none."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return 0
+    version, layer = (header[1] >> 3) & 3, (header[1] >> 1) & 3
+    bitrate_index, rate_index = header[2] >> 4, (header[2] >> 2) & 3
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return 0
+    mpeg1 = version == 3
+    bitrate = _MP3_BITRATES[(mpeg1, 3)][bitrate_index] * 1000
+    rate = _MP3_RATES[version][rate_index]
+    padding = (header[2] >> 1) & 1
+    return (144 if mpeg1 else 72) * bitrate // rate + padding
+
+
+def mp3_frame_at(data: bytes, *, frames: int = 3) -> int | None:
+    """The first position in ``data`` where ``frames`` consecutive Layer III frame
+    headers chain (each where the last one's length says), or None."""
+    at = data.find(b"\xff")
+    while 0 <= at < len(data) - 4:
+        pos, ok = at, True
+        for _ in range(frames):
+            length = _mp3_frame_length(data[pos : pos + 4])
+            if not length:
+                ok = False
+                break
+            pos += length
+        if ok and pos <= len(data):
+            return at
+        at = data.find(b"\xff", at + 1)
+    return None
+
+
+class _ByteRange(io.RawIOBase):
+    """A readable, seekable view of ``handle`` from byte ``start`` on (what soundfile
+    opens to decode an MP3 from one of its frames)."""
+
+    def __init__(self, handle: Any, start: int, size: int) -> None:
+        self.handle, self.start, self.size, self.pos = handle, start, size - start, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = min(max(0, base + offset), self.size)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self.size - self.pos)
+        self.handle.seek(self.start + self.pos)
+        data = self.handle.read(n)
+        view[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _read_mp3_at(source: Any, uri: str, share: float, frames: int) -> np.ndarray:
+    """``frames`` samples of an MP3 from the frame at ``share`` (0-1) of its bytes."""
+    with ExitStack() as stack:
+        handle = source
+        if isinstance(source, str):
+            handle = stack.enter_context(open(source, "rb"))
+        size = int(handle.seek(0, io.SEEK_END))
+        estimate = int(share * size)
+        handle.seek(estimate)
+        found = mp3_frame_at(bytes(handle.read(MP3_SYNC_SEARCH)))
+        if found is None:
+            raise AudioError("undecodable", f"{uri!r}: no MP3 frame near byte {estimate} of {size}")
+        with sf.SoundFile(_ByteRange(handle, estimate + found, size)) as f:
+            return f.read(frames=frames, dtype="float32", always_2d=True)
 
 
 def _read_librosa(
-    path: str, uri: str, max_duration_s: float | None, *, reason: str
-) -> tuple[np.ndarray, int]:
+    path: str,
+    uri: str,
+    length_s: float | None,
+    starts: Callable[[float], Sequence[float]],
+    *,
+    reason: str,
+) -> list[Window]:
+    """The fallback decoder (audioread) for local files libsndfile cannot open."""
     import librosa
 
+    windows = []
     try:
         with warnings.catch_warnings():  # librosa warns before and while falling back
             warnings.simplefilter("ignore")
-            samples, sample_rate = librosa.load(path, sr=None, mono=False, duration=max_duration_s)
+            track_s = float(librosa.get_duration(path=path))
+            for start_s in starts(track_s):
+                samples, sample_rate = librosa.load(
+                    path, sr=None, mono=False, offset=max(0.0, start_s), duration=length_s
+                )
+                samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
+                if samples.shape[1] == 0:
+                    raise AudioError(
+                        "undecodable", f"no audio frames could be decoded from {uri!r}"
+                    )
+                windows.append(Window(samples, int(sample_rate), max(0.0, start_s), track_s))
+    except AudioError:
+        raise
     except Exception as exc:  # audioread raises a zoo of types; all mean "cannot decode"
         raise AudioError(
             "undecodable",
             f"not a readable audio file: {os.path.basename(path)!r} ({reason}; "
             f"fallback decoder: {type(exc).__name__})",
         ) from exc
-    samples = np.atleast_2d(np.asarray(samples, dtype=np.float32))
-    if samples.shape[1] == 0:
-        raise AudioError("undecodable", f"no audio frames could be decoded from {uri!r}")
-    return samples, int(sample_rate)
+    return windows
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -151,6 +377,8 @@ def load_clip(
     clip_s: float,
     min_duration_s: float = 0.0,
     allow_silent: bool = False,
+    offset: float | Placement = 0.0,
+    declared_s: float | None = None,
 ) -> Clip:
     """Decode, downmix, resample and fix the length of one clip.
 
@@ -162,20 +390,30 @@ def load_clip(
         min_duration_s: shorter audio is an error of kind ``too_short``.
         allow_silent: keep clips whose peak is below -80 dBFS instead of raising
             ``silent``.
+        offset: where the clip starts (see :func:`load_audio`).
+        declared_s: the track's length as the catalog states it; a file far shorter is
+            named as such in a ``too_short`` error (FMA: a clip cut past the track's end).
 
     Raises:
         AudioError: any decode failure, ``too_short`` or ``silent``.
     """
-    raw, source_sr = load_audio(uri, max_duration_s=clip_s)
+    window = load_window(uri, length_s=clip_s, offset=offset)
+    raw, source_sr = window.samples, window.sample_rate
     mono = resample(to_mono(raw), orig_sr=source_sr, target_sr=sample_rate)
     if not np.all(np.isfinite(mono)):
         raise AudioError("undecodable", f"{uri!r} decodes to NaN or infinite samples")
     duration_s = min(mono.shape[0] / sample_rate, clip_s)
     if duration_s < min_duration_s:
+        stated = ""
+        if declared_s is not None and np.isfinite(declared_s) and declared_s > 2 * window.track_s:
+            stated = (
+                f" although the catalog says the track lasts {declared_s:g} s (the clip was "
+                "cut past the track's real end, or its duration metadata is wrong)"
+            )
         raise AudioError(
             "too_short",
             f"{uri!r} holds {duration_s:.2f} s of audio, less than min_duration_s="
-            f"{min_duration_s:g}; lower min_duration_s to pad such clips instead",
+            f"{min_duration_s:g}{stated}; lower min_duration_s to pad such clips instead",
         )
     if not allow_silent and (mono.size == 0 or float(np.max(np.abs(mono))) < SILENCE_PEAK):
         raise AudioError(
@@ -187,4 +425,6 @@ def load_clip(
         duration_s=float(duration_s),
         source_sample_rate=source_sr,
         source_channels=int(raw.shape[0]),
+        offset_s=window.offset_s,
+        track_s=window.track_s,
     )

@@ -27,13 +27,27 @@ import pandas as pd
 
 from genreflow import storage
 from genreflow.errors import CatalogError
+from genreflow.taxonomy import Taxonomy, parse_genre_list, parse_id_list, read_fma_genres
 
 log = logging.getLogger(__name__)
 
-CATALOG_COLUMNS = ["track_id", "uri", "genre", "artist_id", "lyrics", "valence", "split"]
+CATALOG_COLUMNS = [
+    "track_id",
+    "uri",
+    "genre",  # the single-label target (FMA: genre_top), where the track has one
+    "genres",  # the multi-label target: genre titles, closed under the hierarchy, or None
+    "artist_id",
+    "lyrics",
+    "valence",
+    "split",
+    "declared_duration_s",  # the catalog's own duration (FMA: track.duration), NaN unknown
+]
 SPLITS = ("train", "val", "test")
 AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav", ".oga", ".opus", ".aiff", ".aif", ".au")
-FMA_SUBSETS = ("small", "medium", "large")  # each contains the one before it
+FMA_SUBSETS = ("small", "medium", "large", "full")  # each contains the one before it
+# tracks.csv's ('set', 'subset') names small, medium or large; full holds every track
+# (fma_large's 30 s clips are cut from fma_full's whole tracks)
+FMA_SUBSET_VALUES = ("small", "medium", "large")
 FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 MAX_URI_CHARS = 4096
@@ -50,6 +64,23 @@ class Catalog:
         default_factory=lambda: pd.DataFrame(columns=["track_id", "uri", "stage", "error"])
     )
     notes: dict[str, int] = field(default_factory=dict)
+    taxonomy: Taxonomy | None = None  # the multi-label vocabulary, where tracks have genres
+
+    def target_counts(self) -> dict[str, int]:
+        """Tracks per kind of target: ``single_and_multi``, ``single_only``,
+        ``multi_only`` and ``none`` (ingested and labelled all the same)."""
+        return target_counts(self.tracks["genre"].notna(), self.tracks["genres"].notna())
+
+
+def target_counts(single: Any, multi: Any) -> dict[str, int]:
+    """Counts of :meth:`Catalog.target_counts` from two boolean columns."""
+    s, m = np.asarray(single, dtype=bool), np.asarray(multi, dtype=bool)
+    return {
+        "single_and_multi": int((s & m).sum()),
+        "single_only": int((s & ~m).sum()),
+        "multi_only": int((~s & m).sum()),
+        "none": int((~s & ~m).sum()),
+    }
 
 
 def read_catalog(
@@ -58,7 +89,7 @@ def read_catalog(
     audio_dir: str | None = None,
     fma_subset: str = "medium",
     use_fma_split: bool = True,
-    require_genre: bool = True,
+    require_genre: bool = False,
     audio_root: str | None = None,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
@@ -70,7 +101,9 @@ def read_catalog(
     - a ``.csv`` or ``.parquet`` file: a generic manifest;
     - any other folder: a ``<genre>/<file>`` tree.
 
-    Tracks without a ``split`` get one from :func:`assign_splits`.
+    Tracks without a ``split`` get one from :func:`assign_splits`. Every track is kept,
+    labelled or not, unless ``require_genre`` drops those without a single-label genre
+    (counted in ``notes`` as ``dropped_without_genre``).
 
     Raises:
         CatalogError: the path is missing or is not a table of tracks.
@@ -107,6 +140,10 @@ def read_catalog(
         if no_genre.any():
             catalog.notes["dropped_without_genre"] = int(no_genre.sum())
             catalog.tracks = catalog.tracks[~no_genre].reset_index(drop=True)
+            log.warning(
+                "require_genre: dropped %d tracks without a single-label genre",
+                int(no_genre.sum()),
+            )
     missing = catalog.tracks["split"].isna()
     if missing.any():
         assigned = assign_splits(catalog.tracks, fractions=split_fractions, seed=seed)
@@ -127,6 +164,7 @@ def _fma_metadata_dir(p: Path) -> Path | None:
 
 
 def _default_fma_audio_dir(meta: Path, subset: str) -> Path:
+    """``fma_<subset>`` beside the metadata folder (``fma_large/``, ``fma_full/``)."""
     return meta.parent / f"fma_{subset}"
 
 
@@ -142,20 +180,28 @@ def read_fma(
     audio_dir: str | Path,
     subset: str = "medium",
     use_fma_split: bool = True,
-    require_genre: bool = True,
+    require_genre: bool = False,
 ) -> Catalog:
     """Read FMA's ``tracks.csv`` (two header rows), ``genres.csv`` and ``echonest.csv``.
+
+    Every track of the subset is a row: ``genre`` is ``('track', 'genre_top')`` where FMA
+    gives one (about half of fma_large: a track whose genres span several roots has
+    none), ``genres`` the titles of ``('track', 'genres_all')`` (with ``('track',
+    'genres')``) closed under ``genres.csv``'s hierarchy, and the catalog's taxonomy is
+    all of ``genres.csv``.
 
     Args:
         metadata_dir: folder with ``tracks.csv`` and optionally ``genres.csv`` and
             ``echonest.csv`` (three header rows; valence at
             ``('echonest', 'audio_features', 'valence')``).
         audio_dir: root of the ``NNN/NNNNNN.mp3`` tree.
-        subset: ``small``, ``medium`` or ``large``; a subset includes the smaller ones.
+        subset: ``small``, ``medium``, ``large`` or ``full`` (every track, whole); a subset
+            includes the smaller ones.
         use_fma_split: keep FMA's training/validation/test split; otherwise leave
             ``split`` empty for :func:`assign_splits`.
-        require_genre: drop tracks without ``genre_top`` (counted in ``notes``).
+        require_genre: (through :func:`read_catalog`) drop tracks without ``genre_top``.
     """
+    del require_genre  # applied by read_catalog, after every reader
     if subset not in FMA_SUBSETS:
         raise CatalogError(f"FMA subset must be one of {FMA_SUBSETS}, got {subset!r}")
     meta = Path(metadata_dir)
@@ -170,9 +216,12 @@ def read_fma(
             f"{meta / 'tracks.csv'} lacks FMA columns {absent}; expected two header rows "
             "as in fma_metadata/tracks.csv"
         )
-    allowed = FMA_SUBSETS[: FMA_SUBSETS.index(subset) + 1]
     tracks, all_ids, problems = _fma_track_ids(tracks)
-    in_subset = tracks[("set", "subset")].isin(allowed).to_numpy()
+    if subset == "full":
+        in_subset = np.ones(len(tracks), dtype=bool)
+    else:
+        allowed = FMA_SUBSET_VALUES[: FMA_SUBSET_VALUES.index(subset) + 1]
+        in_subset = tracks[("set", "subset")].isin(allowed).to_numpy()
     tracks = tracks[in_subset]
     ids = [t for t, keep in zip(all_ids, in_subset, strict=True) if keep]
     genre = tracks[("track", "genre_top")].astype("string")
@@ -181,24 +230,36 @@ def read_fma(
             "track_id": [str(t) for t in ids],
             "uri": [fma_audio_path(audio_dir, t) for t in ids],
             "genre": genre.to_numpy(),
+            "genres": None,
             "artist_id": tracks[("artist", "id")].astype("string").to_numpy(),
             "lyrics": pd.Series([None] * len(tracks), dtype="string").to_numpy(),
             "valence": np.nan,
             "split": (
                 tracks[("set", "split")].map(FMA_SPLITS).to_numpy() if use_fma_split else None
             ),
+            "declared_duration_s": (
+                pd.to_numeric(tracks[("track", "duration")], errors="coerce").to_numpy(float)
+                if ("track", "duration") in tracks.columns
+                else np.nan
+            ),
         }
     )
     notes: dict[str, int] = {}
+    taxonomy: Taxonomy | None = None
     genres_csv = meta / "genres.csv"
     if genres_csv.is_file():
-        genres = pd.read_csv(genres_csv)
-        if {"genre_id", "title", "top_level"} <= set(genres.columns):
-            top = set(genres.loc[genres["genre_id"] == genres["top_level"], "title"])
-            unknown = set(out["genre"].dropna()) - top
-            if unknown:
-                log.warning("genre_top values not top-level in genres.csv: %s", sorted(unknown))
-                notes["genre_not_in_genres_csv"] = int(out["genre"].isin(unknown).sum())
+        taxonomy, titles = read_fma_genres(genres_csv)
+        roots = {t for t in taxonomy.titles if taxonomy.parent(t) is None}
+        unknown = set(out["genre"].dropna()) - roots
+        if unknown:
+            log.warning("genre_top values not top-level in genres.csv: %s", sorted(unknown))
+            notes["genre_not_in_genres_csv"] = int(out["genre"].isin(unknown).sum())
+        out["genres"] = _fma_genre_lists(tracks, taxonomy, titles, notes)
+    else:
+        log.warning(
+            "%s has no genres.csv: tracks get no multi-label genres (download "
+            "fma_metadata.zip whole)", meta,
+        )  # fmt: skip
     echonest_csv = meta / "echonest.csv"
     if echonest_csv.is_file():
         echonest = pd.read_csv(echonest_csv, index_col=0, header=[0, 1, 2])
@@ -214,7 +275,37 @@ def read_fma(
     out = _normalise(out)
     _clean_valence(out, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
-    return Catalog(tracks=out, problems=problem_df, notes=notes)
+    return Catalog(tracks=out, problems=problem_df, notes=notes, taxonomy=taxonomy)
+
+
+def _fma_genre_lists(
+    tracks: pd.DataFrame, taxonomy: Taxonomy, titles: dict[int, str], notes: dict[str, int]
+) -> list[list[str] | None]:
+    """Each track's genre titles: ``genres_all`` and ``genres`` (ids as Python literal
+    lists) mapped through ``genres.csv`` and closed under the hierarchy; None for a track
+    with no genre at all (counted in ``notes``: ``no_genres``, ``genres_unparsable``,
+    ``genre_id_unknown``)."""
+    columns = [c for c in (("track", "genres_all"), ("track", "genres")) if c in tracks.columns]
+    if not columns:
+        notes["no_genres_column"] = len(tracks)
+        return [None] * len(tracks)
+    cells = zip(*(tracks[c].to_numpy() for c in columns), strict=True)
+    out: list[list[str] | None] = []
+    for row in cells:
+        ids: list[int] = []
+        for cell in row:
+            parsed = parse_id_list(cell)
+            if parsed is None and not (isinstance(cell, float) and np.isnan(cell)):
+                notes["genres_unparsable"] = notes.get("genres_unparsable", 0) + 1
+            ids.extend(parsed or [])
+        known = [titles[i] for i in ids if i in titles]
+        if len(known) < len(set(ids)):
+            notes["genre_id_unknown"] = notes.get("genre_id_unknown", 0) + 1
+        closed = taxonomy.close(known)
+        if not closed:
+            notes["no_genres"] = notes.get("no_genres", 0) + 1
+        out.append(closed or None)
+    return out
 
 
 FMA_FIRST_LINE = 4  # tracks.csv: two header rows and the index's name, then the tracks
@@ -286,6 +377,8 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
             f"{list(raw.columns)[:10]}. A manifest needs track_id and uri."
         )
     df = pd.DataFrame({c: raw[c] if c in raw.columns else None for c in CATALOG_COLUMNS})
+    if "duration_s" in raw.columns and "declared_duration_s" not in raw.columns:
+        df["declared_duration_s"] = raw["duration_s"]
     df["track_id"] = df["track_id"].astype("string").str.strip()
     problems: list[dict[str, str]] = []
     notes: dict[str, int] = {}
@@ -313,6 +406,9 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
     df = df[~dup]
 
     df = _normalise(df)
+    taxonomy = None
+    if df["genres"].notna().any():
+        taxonomy = Taxonomy.flat(g for gs in df["genres"].dropna() for g in gs)
     bad_split = df["split"].notna() & ~df["split"].isin(SPLITS)
     if bad_split.any():
         raise CatalogError(
@@ -332,7 +428,7 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
     df["lyrics"] = clean_lyrics_column(lyrics, notes)
     _clean_valence(df, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
-    return Catalog(tracks=df, problems=problem_df, notes=notes)
+    return Catalog(tracks=df, problems=problem_df, notes=notes, taxonomy=taxonomy)
 
 
 def _is_blank(value: object) -> bool:
@@ -475,9 +571,24 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
             "lyrics": df["lyrics"].astype("string"),
             "valence": pd.to_numeric(df["valence"], errors="coerce").astype(float),
             "split": _strings(df["split"]).str.lower(),
+            "declared_duration_s": pd.to_numeric(
+                df.get("declared_duration_s", pd.Series(np.nan, index=df.index)),
+                errors="coerce",
+            ),
         }
     )
-    return out.reset_index(drop=True)
+    genres = df["genres"] if "genres" in df else pd.Series([None] * len(df), index=df.index)
+    out["genres"] = pd.Series(
+        [_genre_list(v) for v in genres], index=df.index, dtype=object
+    ).to_numpy()
+    return out[CATALOG_COLUMNS].reset_index(drop=True)
+
+
+def _genre_list(value: object) -> list[str] | None:
+    """A ``genres`` cell: already a list of titles (FMA reader), a list or ``a|b`` text."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value or None
+    return parse_genre_list(value)
 
 
 def _strings(column: pd.Series) -> pd.Series:
@@ -505,10 +616,12 @@ def read_folder_tree(root: str | Path) -> Catalog:
                         "track_id": f"{genre_dir.name}/{f.stem}",
                         "uri": str(f.resolve()),
                         "genre": genre_dir.name,
+                        "genres": None,
                         "artist_id": None,
                         "lyrics": None,
                         "valence": np.nan,
                         "split": None,
+                        "declared_duration_s": np.nan,
                     }
                 )
     if not rows:

@@ -99,6 +99,10 @@ class LoadedModel:
     path: str
     model_preset: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    task: str = "single"  # single | multi | both
+    tags: list[str] = field(default_factory=list)  # multi-label genres (tag_logits' columns)
+    tag_parents: dict[str, str | None] = field(default_factory=dict)
+    tag_thresholds: list[float] = field(default_factory=list)  # chosen on validation
 
 
 def load_model(
@@ -116,6 +120,8 @@ def load_model(
     meta = state["model"]
     words = state.get("lyrics_vocab")
     vocab = LyricsVocab(tuple(words)) if words else None
+    task = str(state.get("task", "single"))
+    tags = [str(t) for t in state["labels"].get("tags", [])]
     model = build_model(
         meta["name"],
         spec,
@@ -124,6 +130,8 @@ def load_model(
         preset=meta["preset"],
         overrides=meta.get("hyperparameters") or meta.get("overrides") or {},
         vocab_size=len(vocab) if vocab else None,
+        task=task,
+        n_tags=len(tags),
     )
     try:
         model.load_state_dict(state["state_dict"])
@@ -139,11 +147,16 @@ def load_model(
     return LoadedModel(
         model=model,
         spec=spec,
-        genres=list(state["labels"]["genre"]),
+        # the names of genre_logits' columns: the multi-label genres for task multi
+        genres=tags if task == "multi" else list(state["labels"]["genre"]),
         moods=list(state["labels"]["mood"]),
         lyrics_vocab=vocab,
         version=state.get("model_version") or model_version(meta["name"], state["state_dict"]),
         path=os.fspath(path),
         model_preset=meta["preset"],
         model_overrides=dict(meta.get("overrides") or {}),
+        task=task,
+        tags=tags,
+        tag_parents=dict(state["labels"].get("tag_parents") or {}),
+        tag_thresholds=[float(t) for t in state.get("tag_thresholds", [])],
     )

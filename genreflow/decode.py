@@ -10,15 +10,23 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from genreflow import storage
-from genreflow.audio import Clip, load_clip
+from genreflow.audio import (
+    SILENCE_PEAK,
+    Clip,
+    fix_length,
+    load_clip,
+    load_windows,
+    resample,
+    to_mono,
+)
 from genreflow.errors import AudioError
-from genreflow.features import log_mel_for_spec
+from genreflow.features import compress_mel, log_mel_for_spec, mel_power
 from genreflow.formats.dataset import ERRORS_SCHEMA
 from genreflow.tokens import TokenSpec, cut_tokens
 
@@ -37,34 +45,107 @@ def tokenize_track(
         AudioError: the file cannot be used (see :func:`genreflow.audio.load_clip`).
     """
     clip = _clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
-    return _tokens(clip.samples, spec), clip.duration_s
+    return _tokens(clip, spec), clip.duration_s
 
 
-def _clip(uri: str, spec: TokenSpec, *, min_duration_s: float, allow_silent: bool) -> Clip:
+def _clip(
+    uri: str,
+    spec: TokenSpec,
+    *,
+    min_duration_s: float,
+    allow_silent: bool,
+    declared_s: float | None = None,
+) -> Clip:
+    """The clip the spec asks for: one window (``clip_from``), or with ``token_layout``
+    track, the tokens' windows spread over the whole track, decoded one by one."""
+    if spec.token_layout == "track":
+        return _spread_clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
     return load_clip(
         uri,
         sample_rate=spec.sample_rate,
         clip_s=spec.clip_s,
         min_duration_s=min_duration_s,
         allow_silent=allow_silent,
+        offset=spec.clip_offset_s,
+        declared_s=declared_s,
     )
 
 
-def _tokens(samples: np.ndarray, spec: TokenSpec) -> np.ndarray:
-    mel = log_mel_for_spec(samples, spec)  # [n_mels, n_frames]
+def _spread_clip(uri: str, spec: TokenSpec, *, min_duration_s: float, allow_silent: bool) -> Clip:
+    """``token_layout`` track: ``samples`` is ``[n_tokens, token_samples]``, one window
+    per token at :meth:`TokenSpec.track_token_starts_s`; ``duration_s`` the track's."""
+    token_samples = spec.token_frames * spec.hop_length
+    windows = load_windows(uri, length_s=spec.token_s, starts=spec.track_token_starts_s)
+    track_s = windows[0].track_s
+    if track_s < min_duration_s:
+        raise AudioError(
+            "too_short",
+            f"{uri!r} holds {track_s:.2f} s of audio, less than min_duration_s={min_duration_s:g}",
+        )
+    rows = [
+        fix_length(
+            resample(to_mono(w.samples), orig_sr=w.sample_rate, target_sr=spec.sample_rate),
+            token_samples,
+        )
+        for w in windows
+    ]
+    samples = np.stack(rows)
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("undecodable", f"{uri!r} decodes to NaN or infinite samples")
+    if not allow_silent and float(np.max(np.abs(samples))) < SILENCE_PEAK:
+        raise AudioError(
+            "silent", f"{uri!r} is silent (peak below -80 dBFS); set allow_silent=true to keep it"
+        )
+    return Clip(
+        samples=samples,
+        duration_s=float(track_s),
+        source_sample_rate=windows[0].sample_rate,
+        source_channels=int(windows[0].samples.shape[0]),
+        offset_s=0.0,
+        track_s=float(track_s),
+    )
+
+
+def _tokens(clip: Clip, spec: TokenSpec) -> np.ndarray:
+    """``[n_tokens, n_mels, token_frames]`` float16 of a clip (either layout)."""
+    if spec.token_layout == "track":
+        tokens = np.empty(spec.token_shape, dtype=np.float16)
+        for i, window in enumerate(clip.samples):  # [token_samples] each
+            mel = mel_power(
+                window,
+                sample_rate=spec.sample_rate,
+                n_fft=spec.n_fft,
+                hop_length=spec.hop_length,
+                n_mels=spec.n_mels,
+                fmin=spec.fmin,
+                fmax=spec.fmax,
+            )
+            tokens[i] = compress_mel(mel[:, : spec.token_frames], spec.scale)
+        return tokens
+    mel = log_mel_for_spec(clip.samples, spec)  # [n_mels, n_frames]
     return cut_tokens(mel, spec).astype(np.float16)
 
 
 DIGEST_CHARS = 32  # hex digits kept of a SHA-256: 128 bits
+DIGEST_SAMPLE_BYTES = 64 * 1024  # bytes read at each of a file's start, middle and end
 
 
-def file_digest(uri: str, *, chunk: int = 2**20) -> str:
-    """SHA-256 of a file's bytes (:data:`DIGEST_CHARS` hex digits), read in chunks."""
+def file_digest(uri: str, *, sample_bytes: int = DIGEST_SAMPLE_BYTES) -> str:
+    """A content digest of a file whose cost does not grow with the file: SHA-256 of its
+    size and of ``sample_bytes`` at its start, middle and end (the whole file when it is
+    smaller than those three). The same file under two names has the same digest;
+    two different encodings of audio essentially never share size and all three
+    samples. (:data:`DIGEST_CHARS` hex digits.)"""
     fs, path = storage.resolve(uri)
     digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
+    with fs.open_input_file(path) as handle:
+        size = int(handle.size())
+        digest.update(size.to_bytes(8, "little"))
+        if size <= 3 * sample_bytes:
+            digest.update(handle.read())
+        else:
+            for at in (0, (size - sample_bytes) // 2, size - sample_bytes):
+                digest.update(handle.read_at(sample_bytes, at))
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
@@ -96,6 +177,7 @@ class Decoded:
     seconds: list[float]  # per input row: the time its decode took
     file_digests: list[str]  # per decoded row (with ``digests``): :func:`file_digest`
     clip_digests: list[str]  # per decoded row (with ``digests``): :func:`clip_digest`
+    offsets: list[float] = field(default_factory=list)  # per decoded row: clip start (s)
 
 
 def decode_tokens(
@@ -106,10 +188,12 @@ def decode_tokens(
     min_duration_s: float = 0.0,
     allow_silent: bool = False,
     digests: bool = False,
+    declared_s: Sequence[float | None] | None = None,
 ) -> Decoded:
     """Decode and tokenize every ``(track_id, uri)``; never raises for a track. With
     ``digests``, each decoded track's file and clip digests too (ingest finds duplicate
-    audio by them)."""
+    audio by them). ``declared_s``: each track's length as the catalog states it, named
+    in the error of a file far shorter."""
     index: list[int] = []
     tokens: list[np.ndarray] = []
     durations: list[float] = []
@@ -118,11 +202,18 @@ def decode_tokens(
     seconds: list[float] = []
     file_digests: list[str] = []
     clip_digests: list[str] = []
+    offsets: list[float] = []
     for i, (track_id, uri) in enumerate(zip(track_ids, uris, strict=True)):
         start = time.perf_counter()
         try:
-            clip = _clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
-            toks, duration = _tokens(clip.samples, spec), clip.duration_s
+            clip = _clip(
+                uri,
+                spec,
+                min_duration_s=min_duration_s,
+                allow_silent=allow_silent,
+                declared_s=None if declared_s is None else declared_s[i],
+            )
+            toks, duration = _tokens(clip, spec), clip.duration_s
             if digests:
                 found = (file_digest(uri), clip_digest(clip.samples))
         except AudioError as exc:
@@ -137,6 +228,7 @@ def decode_tokens(
             index.append(i)
             tokens.append(toks)
             durations.append(duration)
+            offsets.append(clip.offset_s)
             if digests:
                 file_digests.append(found[0])
                 clip_digests.append(found[1])
@@ -150,6 +242,7 @@ def decode_tokens(
         seconds=seconds,
         file_digests=file_digests,
         clip_digests=clip_digests,
+        offsets=offsets,
     )
 
 

@@ -124,7 +124,7 @@ def log_mel(
         fmin=fmin,
         fmax=fmax,
     )
-    return _compress(mel, "db")
+    return compress_mel(mel, "db")
 
 
 LOG1P_GAIN = 10000.0  # musicnn's compression: log10(1 + 10000 mel)
@@ -161,10 +161,11 @@ def log_mel_for_spec(samples: np.ndarray, spec: TokenSpec) -> np.ndarray:
         fmin=spec.fmin,
         fmax=spec.fmax,
     )
-    return _compress(mel, spec.scale)
+    return compress_mel(mel, spec.scale)
 
 
-def _compress(mel: np.ndarray, scale: str) -> np.ndarray:
+def compress_mel(mel: np.ndarray, scale: str) -> np.ndarray:
+    """Mel power -> the spec's scale: dB (floor -100) or ``log10(1 + 10000 mel)``."""
     if scale == "log1p":
         return np.log10(np.float32(1.0) + np.float32(LOG1P_GAIN) * mel).astype(np.float32)
     db = 10.0 * np.log10(np.maximum(mel, AMIN))

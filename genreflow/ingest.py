@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genreflow import __version__, faultpoints, storage
-from genreflow.catalog import Catalog
+from genreflow.catalog import Catalog, target_counts
 from genreflow.config import RayResources, path_field
 from genreflow.decode import decode_tokens, error_row, error_table
 from genreflow.errors import ConfigError, SpecMismatchError
@@ -44,11 +44,13 @@ from genreflow.formats.dataset import (
     tokens_array,
     tokens_type,
 )
+from genreflow.taxonomy import Taxonomy
 from genreflow.tokens import TokenSpec, check_same_spec
 
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["track_id", "status", "kind", "shard", "seconds"]
+TARGET_KINDS = ("single_and_multi", "single_only", "multi_only", "none")
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ class IngestConfig:
     out: str = path_field("output")  # output folder, local or s3://
     spec: TokenSpec = field(default_factory=TokenSpec)  # or a preset: paper000 | paper001
     audio_dir: str | None = path_field("input", None)  # FMA audio root; default fma_<subset>
-    fma_subset: str = "medium"
+    fma_subset: str = "medium"  # small | medium | large | full (whole tracks, fma_full/)
     use_fma_split: bool = True
-    require_genre: bool = True
+    require_genre: bool = False  # true: drop tracks without a single-label genre
     audio_root: str | None = path_field("input", None)  # set: manifest paths must be in it
     split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
     seed: int = 0
@@ -92,6 +94,7 @@ def ingest_shard(
     vocabulary: list[str],
     min_duration_s: float,
     allow_silent: bool,
+    tags: list[str] | None = None,
 ) -> pd.DataFrame:
     """Tokenize a batch of catalog rows and write one shard and one error file.
 
@@ -104,9 +107,15 @@ def ingest_shard(
     """
     token_spec = TokenSpec.from_dict(spec)
     genre_index = {g: i for i, g in enumerate(vocabulary)}
+    tag_index = {g: i for i, g in enumerate(tags or [])}
     track_ids = rows["track_id"].astype(str).tolist()
     uris = rows["uri"].astype(str).tolist()
     name = shard_name(track_ids)
+    declared = (
+        [_optional_float(v) for v in rows["declared_duration_s"]]
+        if "declared_duration_s" in rows
+        else None
+    )
     decoded = decode_tokens(
         track_ids,
         uris,
@@ -114,6 +123,7 @@ def ingest_shard(
         min_duration_s=min_duration_s,
         allow_silent=allow_silent,
         digests=True,
+        declared_s=declared,
     )
     records = rows.to_dict("records")
     ok: list[dict[str, Any]] = []
@@ -133,6 +143,8 @@ def ingest_shard(
                 "duration_s": float(duration_s),
                 "audio_sha256": decoded.file_digests[k],
                 "clip_sha256": decoded.clip_digests[k],
+                "tag_idx": _tag_indices(row.get("genres"), tag_index),
+                "clip_start_s": float(decoded.offsets[k]),
             }
         )
     summary = [
@@ -163,6 +175,15 @@ def _optional_str(value: Any) -> str | None:
     return str(value)
 
 
+def _tag_indices(genres: Any, index: dict[str, int]) -> list[int] | None:
+    """A track's genre titles (a list, or an array after Arrow) -> sorted vocabulary
+    indices; None where it has none."""
+    if genres is None or (isinstance(genres, float) and pd.isna(genres)):
+        return None
+    found = sorted({index[g] for g in genres if g in index})
+    return found or None
+
+
 def _optional_float(value: Any) -> float:
     try:
         f = float(value)
@@ -182,6 +203,7 @@ class OutputState:
     vocabulary: list[str]
     done_ids: set[str]
     error_ids: set[str]
+    taxonomy: Taxonomy | None = None  # the multi-label vocabulary and its parents
 
 
 def prepare_output(
@@ -195,6 +217,7 @@ def prepare_output(
         ConfigError: the catalog has genres the folder's vocabulary lacks.
     """
     genres = sorted(set(catalog.tracks["genre"].dropna().astype(str)))
+    taxonomy = catalog.taxonomy
     state_uri = storage.join(out, STATE_FILE)
     if storage.exists(state_uri):
         state = storage.read_json(state_uri)
@@ -207,6 +230,15 @@ def prepare_output(
                 f"catalog has genres {new} that output {out!r} (vocabulary {vocabulary}) "
                 "lacks; ingest into a new output folder"
             )
+        before = Taxonomy.from_dict(state["taxonomy"]) if state.get("taxonomy") else None
+        if taxonomy is not None and (
+            before is None or not set(taxonomy.titles) <= set(before.titles)
+        ):
+            raise ConfigError(
+                f"catalog's multi-label genres differ from those output {out!r} was started "
+                "with; ingest into a new output folder"
+            )
+        taxonomy = before
     else:
         if storage.list_files(storage.join(out, "shards"), suffix=".parquet"):
             raise SpecMismatchError(
@@ -217,7 +249,12 @@ def prepare_output(
         storage.makedirs(out)
         storage.write_json_atomic(
             state_uri,
-            {"format": DATASET_FORMAT, "token_spec": spec.to_dict(), "vocabulary": vocabulary},
+            {
+                "format": DATASET_FORMAT,
+                "token_spec": spec.to_dict(),
+                "vocabulary": vocabulary,
+                "taxonomy": taxonomy.to_dict() if taxonomy is not None else None,
+            },
         )
     storage.delete(storage.join(out, DATASET_FILE))
     done = set(_column_values(storage.join(out, "shards"), "track_id"))
@@ -226,7 +263,9 @@ def prepare_output(
         for uri in storage.list_files(storage.join(out, "errors"), suffix=".parquet"):
             storage.delete(uri)
         error_ids = set()
-    return OutputState(spec=spec, vocabulary=vocabulary, done_ids=done, error_ids=error_ids)
+    return OutputState(
+        spec=spec, vocabulary=vocabulary, done_ids=done, error_ids=error_ids, taxonomy=taxonomy
+    )
 
 
 def _column_values(folder: str, column: str) -> Iterable[str]:
@@ -273,7 +312,8 @@ class Duplicate:
 
 def find_duplicates(out: str) -> list[Duplicate]:
     """Tracks of the dataset whose audio another track has: the same file bytes or the
-    same decoded clip. Of each group the first track id in sorted order is the original,
+    same decoded clip. Of each group the first track id (numeric ids in numeric order,
+    then the others sorted as text) is the original,
     whatever order the tracks were ingested in, so reruns and clean runs agree. Reads
     short columns of the shards (ids, splits, URIs, hex digests), never audio.
     """
@@ -293,7 +333,7 @@ def find_duplicates(out: str) -> list[Duplicate]:
     first_file: dict[str, str] = {}
     first_clip: dict[str, str] = {}
     found: list[Duplicate] = []
-    for track_id, split, uri, file_hash, clip_hash in sorted(rows, key=lambda r: r[0]):
+    for track_id, split, uri, file_hash, clip_hash in sorted(rows, key=lambda r: _id_order(r[0])):
         if file_hash and file_hash in first_file:
             found.append(Duplicate(track_id, uri, split, first_file[file_hash], "file"))
         elif clip_hash and clip_hash in first_clip:
@@ -304,6 +344,11 @@ def find_duplicates(out: str) -> list[Duplicate]:
             if clip_hash:
                 first_clip.setdefault(clip_hash, track_id)
     return found
+
+
+def _id_order(track_id: str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order (FMA's 2 before 140002), then the rest as text."""
+    return (0, int(track_id), "") if track_id.isdigit() else (1, 0, track_id)
 
 
 def set_aside_duplicates(out: str, duplicates: list[Duplicate]) -> None:
@@ -353,7 +398,13 @@ def set_aside_duplicates(out: str, duplicates: list[Duplicate]) -> None:
 
 
 def finalize(
-    out: str, *, spec: TokenSpec, vocabulary: list[str], catalog_uri: str, extra: dict[str, Any]
+    out: str,
+    *,
+    spec: TokenSpec,
+    vocabulary: list[str],
+    catalog_uri: str,
+    extra: dict[str, Any],
+    taxonomy: Taxonomy | None = None,
 ) -> dict[str, Any]:
     """Set duplicates aside, count what the folder holds and write ``_dataset.json``
     last (atomically)."""
@@ -364,8 +415,18 @@ def finalize(
     by_split_genre: dict[str, Counter[str]] = {}
     by_split_mood: dict[str, Counter[str]] = {}
     lyrics = 0
-    for table in storage.read_parquet_columns(shards, ["split", "genre", "valence", "lyrics"]):
+    by_split_tag: dict[str, Counter[int]] = {}
+    by_target: Counter[str] = Counter()
+    tagged: Counter[str] = Counter()  # rows with a multi-label target, per split
+    columns = ["split", "genre", "valence", "lyrics", "tag_idx"]
+    for table in storage.read_parquet_columns(shards, columns):
         frame = table.to_pandas()
+        counts = target_counts(frame["genre"].notna(), frame["tag_idx"].notna())
+        by_target.update(counts)
+        for split, tags in zip(frame["split"].fillna("none"), frame["tag_idx"], strict=True):
+            if tags is not None:
+                tagged[str(split)] += 1
+                by_split_tag.setdefault(str(split), Counter()).update(int(t) for t in tags)
         splits = frame["split"].fillna("none").astype(str)
         genres = frame["genre"].fillna("none").astype(str)
         moods = [
@@ -389,7 +450,13 @@ def finalize(
         "spec_hash": spec.spec_hash(),
         "token_shape": list(spec.token_shape),
         "token_dtype": "float16",
-        "labels": {"genre": vocabulary, "mood": list(MOOD_CLASSES)},
+        "labels": {
+            "genre": vocabulary,
+            "mood": list(MOOD_CLASSES),
+            # the multi-label vocabulary (shards' tag_idx index it) and each one's parent
+            "tags": list(taxonomy.titles) if taxonomy is not None else [],
+            "tag_parents": dict(taxonomy.to_dict()["parents"]) if taxonomy is not None else {},  # type: ignore[call-overload]
+        },
         "counts": {
             "rows": sum(by_split.values()),
             "by_split": dict(sorted(by_split.items())),
@@ -398,6 +465,13 @@ def finalize(
             },
             "by_split_mood": {s: dict(sorted(c.items())) for s, c in sorted(by_split_mood.items())},
             "with_lyrics": lyrics,
+            "by_target": {k: int(by_target.get(k, 0)) for k in TARGET_KINDS},
+            "tagged_by_split": dict(sorted(tagged.items())),
+            "by_split_tag": {
+                s: {taxonomy.titles[i]: n for i, n in sorted(c.items())}
+                for s, c in sorted(by_split_tag.items())
+                if taxonomy is not None
+            },
             "errors": sum(errors_by_kind.values()),
             "errors_by_kind": dict(sorted(errors_by_kind.items())),
             "duplicates": len(duplicates),

@@ -20,6 +20,7 @@ import numpy as np
 from genreflow.errors import ConfigError, SpecMismatchError
 
 SCALES = ("db", "log1p")
+LAYOUTS = ("clip", "track")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class TokenSpec:
     so the first starts at 0 s and the last ends at the clip's end. ``scale`` is how
     mel power is compressed: ``db`` (``10 log10``, floor -100 dB) or ``log1p``
     (``log10(1 + 10000 mel)``, musicnn's input).
+
+    Where the audio comes from in a track longer than the clip: ``clip_from`` is
+    ``start``, ``middle`` (FMA's own 30 s clips are cut from the middle of each track) or
+    a number of seconds into the track; only that window is decoded. ``token_layout``
+    ``track`` instead spreads the ``n_tokens`` tokens evenly over the whole track, each
+    decoded on its own (memory does not grow with the track), so a signature's moments
+    can fall anywhere in a 20-minute song; ``clip_from`` then plays no part.
     """
 
     sample_rate: int = 22050
@@ -43,6 +51,8 @@ class TokenSpec:
     token_s: float = 4.0
     stride_s: float | None = None
     scale: str = "db"
+    clip_from: str = "middle"
+    token_layout: str = "clip"
 
     def __post_init__(self) -> None:
         positive = ("sample_rate", "clip_s", "n_fft", "hop_length", "n_mels", "n_tokens", "token_s")
@@ -64,6 +74,12 @@ class TokenSpec:
             raise ConfigError(
                 f"token spec: scale must be one of {list(SCALES)}, got {self.scale!r}"
             )
+        if self.token_layout not in LAYOUTS:
+            raise ConfigError(
+                f"token spec: token_layout must be one of {list(LAYOUTS)}, got "
+                f"{self.token_layout!r}"
+            )
+        self.clip_offset_s(self.clip_s * 4)  # validates clip_from
         if self.stride_s is not None and self.stride_s <= 0:
             raise ConfigError(f"token spec: stride_s must be > 0, got {self.stride_s}")
         if self.token_frames < 1:
@@ -117,17 +133,67 @@ class TokenSpec:
         ends = np.minimum(starts + self.token_frames * seconds_per_frame, self.clip_s)
         return np.stack([starts, ends], axis=1)
 
+    def clip_offset_s(self, track_s: float) -> float:
+        """Where the clip starts in a track of ``track_s`` seconds (``token_layout`` clip):
+        0 for ``start`` and for a track no longer than the clip.
+
+        Raises:
+            ConfigError: ``clip_from`` is neither ``start``, ``middle`` nor seconds >= 0.
+        """
+        if self.clip_from == "start":
+            return 0.0
+        if self.clip_from == "middle":
+            return max(0.0, (track_s - self.clip_s) / 2.0)
+        try:
+            offset = float(self.clip_from)
+        except ValueError:
+            offset = -1.0
+        if not (offset >= 0 and np.isfinite(offset)):
+            raise ConfigError(
+                f"token spec: clip_from must be start, middle or seconds >= 0, got "
+                f"{self.clip_from!r}"
+            )
+        return max(0.0, min(offset, track_s - self.clip_s))
+
+    def track_token_starts_s(self, track_s: float) -> list[float]:
+        """``token_layout`` track: the start of every token in a track of ``track_s``
+        seconds, ``[n_tokens]``, evenly spread from 0 to the last token's end at the
+        track's end (a track shorter than a token: every token at 0)."""
+        span = max(0.0, float(track_s) - self.token_s)
+        if self.n_tokens == 1:
+            return [span / 2.0]
+        return [float(t) for t in np.linspace(0.0, span, self.n_tokens)]
+
+    def token_times_in_track(self, *, duration_s: float, offset_s: float = 0.0) -> np.ndarray:
+        """Start and end of every token in seconds within the *track*, ``[n_tokens, 2]``.
+
+        Args:
+            duration_s: layout ``clip``: audio present in the clip; ``track``: the
+                track's length.
+            offset_s: layout ``clip``: where the clip starts in the track.
+        """
+        if self.token_layout == "track":
+            starts = np.asarray(self.track_token_starts_s(duration_s))
+            ends = np.minimum(starts + self.token_s, max(float(duration_s), self.token_s))
+            return np.stack([starts, ends], axis=1)
+        return self.token_times_s() + float(offset_s)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["scale"] == "db":  # specs written before `scale` existed hash as before
-            del data["scale"]
+        # specs written before these keys existed hash as before (and meant the defaults
+        # named here: the clip from the start, scale db)
+        for key, old in (("scale", "db"), ("clip_from", "start"), ("token_layout", "clip")):
+            if data[key] == old:
+                del data[key]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSpec:
+        """A spec as a manifest or checkpoint stores it (:meth:`to_dict`); one written
+        before ``clip_from`` existed took its clip from the start."""
         from genreflow.config import from_dict
 
-        return from_dict(cls, data, where="spec.")
+        return from_dict(cls, {"clip_from": "start", **data}, where="spec.")
 
     @classmethod
     def from_preset(cls, name: str) -> TokenSpec:

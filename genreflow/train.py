@@ -27,9 +27,12 @@ from genreflow.errors import ConfigError
 from genreflow.features import FLOOR_DB, LOG1P_GAIN
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
+from genreflow.multilabel import best_thresholds, tagging_metrics
+from genreflow.taxonomy import Taxonomy
 from genreflow.tokens import TokenSpec
 
 TENSOR_COLUMNS = ["tokens", "genre_idx", "mood_idx"]
+TAG_COLUMNS = ["tags", "has_tags"]  # task multi|both: [b, n_tags] multi-hot, [b] 1 if known
 LYRICS_COLUMN = "lyrics_ids"
 
 
@@ -83,6 +86,11 @@ class TrainConfig:
     model: str = "signature_attention"
     preset: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    task: Literal["single", "multi", "both"] = "single"  # single: one genre a track
+    # (FMA's genre_top); multi: every genre of the hierarchy a track has (genres_all),
+    # sigmoid scores with per-genre thresholds chosen on validation; both: the two heads
+    tag_pos_weight_max: float = 10.0  # multi-label loss: a positive of a genre weighs
+    # sqrt(negatives / positives) in the training split, capped here (rare genres)
     epochs: int = 10
     batch_size: int = 16
     optimizer: Literal["adam", "sgd"] = "adam"  # adam: paper 001; sgd (Nesterov): paper 002
@@ -123,7 +131,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "frontend_lr_scale"):
+        for name in ("lr", "frontend_lr_scale", "tag_pos_weight_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.folds == 1 or self.folds < 0:
@@ -214,7 +222,7 @@ PROTOCOL_KEYS = (
     "data", "model", "preset", "model_overrides", "epochs", "batch_size", "optimizer", "lr",
     "weight_decay", "momentum", "class_weighting", "mood_loss_weight",
     "early_stopping_patience", "shuffle_buffer", "seed", "folds", "lyrics_min_count",
-    "lyrics_max_vocab", "lyrics_vectors",
+    "lyrics_max_vocab", "lyrics_vectors", "task", "tag_pos_weight_max",
 )  # fmt: skip
 
 
@@ -295,12 +303,47 @@ def batch_loss(
     class_weights: Tensor | None,
     mood_loss_weight: float,
     label_smoothing: float = 0.0,
+    tags: Tensor | None = None,
+    has_tags: Tensor | None = None,
+    tag_pos_weight: Tensor | None = None,
+    task: str = "single",
 ) -> Tensor:
-    """Genre cross-entropy plus, where the model has a mood head, the mood cross-entropy
-    over tracks with a known mood only (a missing label contributes nothing)."""
-    loss = nn.functional.cross_entropy(
-        out.genre_logits.float(), genre, weight=class_weights, label_smoothing=label_smoothing
-    )
+    """The genre loss of ``task`` plus, where the model has a mood head, the mood
+    cross-entropy over tracks with a known mood only. A track without a target of a
+    kind contributes nothing to that kind's loss (every track is in the dataset):
+
+    - single (and both): cross-entropy over tracks with a genre (``genre`` >= 0);
+    - multi (and both): binary cross-entropy of ``tag_logits`` against the multi-hot
+      ``tags`` ``[b, n_tags]`` over tracks with ``has_tags``, a positive of genre j
+      weighted ``tag_pos_weight[j]`` (:func:`genreflow.multilabel.pos_weights`).
+    """
+    loss = out.genre_logits.new_zeros((), dtype=torch.float32)
+    if task != "multi":
+        known = genre >= 0
+        if bool(known.all()):
+            loss = nn.functional.cross_entropy(
+                out.genre_logits.float(),
+                genre,
+                weight=class_weights,
+                label_smoothing=label_smoothing,
+            )
+        elif bool(known.any()):
+            loss = nn.functional.cross_entropy(
+                out.genre_logits.float(),
+                genre,
+                weight=class_weights,
+                label_smoothing=label_smoothing,
+                ignore_index=-1,
+            )
+        else:  # keeps every parameter in the graph (DDP), adds nothing
+            loss = 0.0 * out.genre_logits.float().sum()
+    if task != "single":
+        assert out.tag_logits is not None and tags is not None and has_tags is not None
+        per = nn.functional.binary_cross_entropy_with_logits(
+            out.tag_logits.float(), tags.float(), pos_weight=tag_pos_weight, reduction="none"
+        ).mean(dim=1)  # [b]
+        mask = has_tags.float()
+        loss = loss + (per * mask).sum() / mask.sum().clamp(min=1)
     if out.mood_logits is not None:
         known = mood >= 0
         per_track = nn.functional.cross_entropy(
@@ -380,34 +423,73 @@ def forward(model: nn.Module, batch: dict[str, Tensor]) -> ModelOutput:
 def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, np.ndarray]:
     """Genre and mood probabilities over ``batches``, with their labels (eval mode)."""
     model.eval()
-    genre_p, mood_p, genres, moods = [], [], [], []
+    columns: dict[str, list[np.ndarray]] = {}
+
+    def keep(name: str, value: Tensor) -> None:
+        columns.setdefault(name, []).append(
+            value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
+        )
+
     with torch.no_grad():
         for batch in batches:
             out = forward(model, batch)
-            genre_p.append(torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy())
+            keep("genre_probs", torch.softmax(out.genre_logits.float(), dim=1))
             if out.mood_logits is not None:
-                mood_p.append(torch.softmax(out.mood_logits.float(), dim=1).cpu().numpy())
-            genres.append(batch["genre_idx"].cpu().numpy())
-            moods.append(batch["mood_idx"].cpu().numpy())
+                keep("mood_probs", torch.softmax(out.mood_logits.float(), dim=1))
+            if out.tag_logits is not None and "tags" in batch:
+                keep("tag_probs", torch.sigmoid(out.tag_logits.float()))
+                keep("tags", batch["tags"])
+                keep("has_tags", batch["has_tags"])
+            keep("genre", batch["genre_idx"])
+            keep("mood", batch["mood_idx"])
     model.train()
-    result = {
-        "genre_probs": np.concatenate(genre_p) if genre_p else np.zeros((0, 0), np.float32),
-        "genre": np.concatenate(genres) if genres else np.zeros(0, np.int64),
-        "mood": np.concatenate(moods) if moods else np.zeros(0, np.int64),
-    }
-    if mood_p:
-        result["mood_probs"] = np.concatenate(mood_p)
+    result = {name: np.concatenate(parts) for name, parts in columns.items()}
+    result.setdefault("genre_probs", np.zeros((0, 0), np.float32))
+    result.setdefault("genre", np.zeros(0, np.int64))
+    result.setdefault("mood", np.zeros(0, np.int64))
     return result
 
 
+@dataclass(frozen=True)
+class Tags:
+    """A run's multi-label genres: titles in vocabulary order and each one's parent."""
+
+    titles: list[str]
+    parents: dict[str, str | None]
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return Taxonomy(tuple(self.titles), self.parents).depths()
+
+
 def evaluate(
-    predictions: dict[str, np.ndarray], genres: list[str], moods: list[str]
+    predictions: dict[str, np.ndarray],
+    genres: list[str],
+    moods: list[str],
+    *,
+    task: str = "single",
+    tags: Tags | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    metrics = classification_metrics(predictions["genre_probs"], predictions["genre"], genres)
+    """Metrics of :func:`predict`'s output: single-label (task single|both) at the top
+    level, multi-label under ``tags`` (task multi|both) at ``thresholds`` (None: chosen
+    on these predictions, as on validation; returned under ``tags.thresholds``)."""
+    metrics: dict[str, Any] = {}
+    if task != "multi":
+        metrics = classification_metrics(predictions["genre_probs"], predictions["genre"], genres)
     if "mood_probs" in predictions:
         metrics["mood"] = classification_metrics(
             predictions["mood_probs"], predictions["mood"], moods
         )
+    if task != "single" and tags is not None and "tag_probs" in predictions:
+        known = predictions["has_tags"].astype(bool)
+        probs, targets = predictions["tag_probs"][known], predictions["tags"][known]
+        if thresholds is None:
+            thresholds = best_thresholds(probs, targets)
+        metrics["tags"] = tagging_metrics(
+            probs, targets, tags.titles, thresholds=thresholds, depths=tags.depths
+        )
+        metrics["tags"]["thresholds"] = [float(t) for t in thresholds]
     return metrics
 
 
@@ -478,6 +560,8 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
     out["tokens"] = out["tokens"].float()
     out["genre_idx"] = out["genre_idx"].long()
     out["mood_idx"] = out["mood_idx"].long()
+    if "tags" in out:
+        out["tags"] = out["tags"].float()
     return out
 
 
@@ -560,8 +644,16 @@ class TrainingRecipe:
         class_weights: list[float] | None = None,
         device: torch.device | None = None,
         word_vectors: np.ndarray | None = None,
+        tags: Tags | None = None,
+        tag_pos_weight: list[float] | None = None,
     ) -> None:
         self.config, self.spec, self.genres, self.moods = config, spec, genres, moods
+        self.tags = tags
+        if config.task != "single" and (tags is None or len(tags.titles) < 2):
+            raise ConfigError(
+                f"task={config.task} needs multi-label genres in the dataset (ingest a catalog "
+                "with FMA's genres_all or a manifest's genres column)"
+            )
         self.words = list(words) if words else None
         self.device = device or torch.device("cpu")
         torch.manual_seed(config.seed)
@@ -575,6 +667,8 @@ class TrainingRecipe:
             overrides=config.model_overrides,
             vocab_size=len(self.words) if self.words else None,
             word_vectors=word_vectors,  # a lyrics model's starting word embeddings
+            task=config.task,
+            n_tags=len(tags.titles) if tags is not None else 0,
         )
         self.model.load_pretrained()  # a pretrained front end's weights; restore() may replace
         self.net: nn.Module = self.model
@@ -586,6 +680,12 @@ class TrainingRecipe:
             if class_weights
             else None
         )
+        self.tag_pos_weight = (
+            torch.tensor(tag_pos_weight, dtype=torch.float32, device=self.device)
+            if tag_pos_weight and config.task != "single"
+            else None
+        )
+        self.tag_thresholds: list[float] = []  # chosen on the last validation
         self.start_epoch, self.best_f1, self.stale = 0, -1.0, 0
         self.history: list[dict[str, Any]] = []
         self._optimizer_state: dict[str, Any] | None = None
@@ -641,7 +741,13 @@ class TrainingRecipe:
         ):
             out = forward(self.net, batch)
 
-        def loss_for(genre: Tensor, mood: Tensor) -> Tensor:
+        def loss_for(rows: Tensor | None) -> Tensor:
+            def pick(name: str) -> Tensor | None:
+                value = batch.get(name)
+                return value if value is None or rows is None else value[rows]
+
+            genre, mood = pick("genre_idx"), pick("mood_idx")
+            assert genre is not None and mood is not None
             return batch_loss(
                 out,
                 genre,
@@ -649,12 +755,15 @@ class TrainingRecipe:
                 class_weights=self.class_weights,
                 mood_loss_weight=config.mood_loss_weight,
                 label_smoothing=config.label_smoothing,
+                tags=pick("tags"),
+                has_tags=pick("has_tags"),
+                tag_pos_weight=self.tag_pos_weight,
+                task=config.task,
             )
 
-        loss = loss_for(batch["genre_idx"], batch["mood_idx"])
+        loss = loss_for(None)
         if order is not None:
-            partner = loss_for(batch["genre_idx"][order], batch["mood_idx"][order])
-            loss = lam * loss + (1.0 - lam) * partner
+            loss = lam * loss + (1.0 - lam) * loss_for(order)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -694,20 +803,40 @@ class TrainingRecipe:
         }
 
     def evaluate(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
-        """Metrics over every worker's ``batches`` (gathered when distributed)."""
-        return evaluate(_gather(predict(self.net, batches)), self.genres, self.moods)
+        """Metrics over every worker's ``batches`` (gathered when distributed); for a
+        multi-label task the per-genre thresholds are chosen on them (kept for the
+        checkpoint)."""
+        metrics = evaluate(
+            _gather(predict(self.net, batches)),
+            self.genres,
+            self.moods,
+            task=self.config.task,
+            tags=self.tags,
+        )
+        if "tags" in metrics:
+            self.tag_thresholds = list(metrics["tags"]["thresholds"])
+        return metrics
 
     def end_epoch(
         self, epoch: int, trained: dict[str, Any], val: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]:
-        """The epoch's metrics, and whether early stopping ends the run."""
-        f1 = float(val.get("macro_f1", 0.0))
-        improved = f1 > self.best_f1
-        self.best_f1, self.stale = (f1, 0) if improved else (self.best_f1, self.stale + 1)
+        """The epoch's metrics, and whether early stopping ends the run. The score that
+        picks the best checkpoint (``val_score``) is the single-label macro-F1, or for
+        task multi the multi-label macro PR-AUC (mAP), which needs no threshold."""
+        tag_val = val.get("tags", {})
+        if self.config.task == "multi":
+            f1 = float(tag_val.get("macro_f1", 0.0))
+            score = _finite(tag_val.get("macro_pr_auc"))
+        else:
+            f1 = float(val.get("macro_f1", 0.0))
+            score = f1
+        improved = score > self.best_f1
+        self.best_f1, self.stale = (score, 0) if improved else (self.best_f1, self.stale + 1)
         metrics = {
             "epoch": epoch,
             "train_loss": trained["train_loss"],
-            "val_accuracy": float(val.get("accuracy", 0.0)),
+            "val_score": score,
+            "val_accuracy": float(val.get("accuracy", math.nan)),
             "val_macro_f1": f1,
             "val_log_loss": float(val.get("log_loss", math.nan)),
             "val_per_class_f1": val.get("per_class_f1", {}),
@@ -715,6 +844,14 @@ class TrainingRecipe:
             if "mood" in val
             else math.nan,
             **{k: v for k, v in trained.items() if k != "train_loss"},
+            **(
+                {
+                    f"val_tag_{k}": _finite(tag_val.get(k))
+                    for k in ("macro_roc_auc", "micro_roc_auc", "macro_pr_auc", "macro_f1")
+                }
+                if tag_val
+                else {}
+            ),
             "precision": self.precision.name,
             "torch_threads": torch.get_num_threads(),
             "niceness": os.nice(0),  # this thread's; threads inherit it
@@ -736,7 +873,14 @@ class TrainingRecipe:
             "best_f1": self.best_f1,
             "stale": self.stale,
             "history": self.history,
-            "labels": {"genre": self.genres, "mood": self.moods},
+            "labels": {
+                "genre": self.genres,
+                "mood": self.moods,
+                "tags": list(self.tags.titles) if self.tags else [],
+                "tag_parents": dict(self.tags.parents) if self.tags else {},
+            },
+            "task": config.task,
+            "tag_thresholds": list(self.tag_thresholds),
             "token_spec": self.spec.to_dict(),
             "model": {
                 "name": config.model,
@@ -754,6 +898,15 @@ class TrainingRecipe:
         return state
 
 
+def _finite(value: Any) -> float:
+    """A metric as a number for comparisons and Ray's reports: NaN and None become 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
 def epoch_seed(seed: int, epoch: int | None, rank: int) -> int:
     """The shuffle seed of one worker's epoch: every epoch and every worker shuffles
     differently, and the same run seed gives the same order (after a resume too)."""
@@ -761,7 +914,7 @@ def epoch_seed(seed: int, epoch: int | None, rank: int) -> int:
 
 
 def build_for_training(
-    config: TrainConfig, spec: TokenSpec, n_genres: int, vocab_size: int | None
+    config: TrainConfig, spec: TokenSpec, n_genres: int, vocab_size: int | None, n_tags: int = 0
 ) -> GenreModel:
     """The model a run would train (for checks before any worker starts)."""
     return build_model(
@@ -771,4 +924,6 @@ def build_for_training(
         preset=config.preset,
         overrides=config.model_overrides,
         vocab_size=vocab_size,
+        task=config.task,
+        n_tags=n_tags,
     )

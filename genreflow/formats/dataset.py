@@ -48,8 +48,12 @@ SHARD_META_FIELDS = [
     pa.field("lyrics", pa.string()),
     pa.field("uri", pa.string()),
     pa.field("duration_s", pa.float32()),  # audio present before padding
-    pa.field("audio_sha256", pa.string()),  # the file's bytes (128 bits, hex)
+    pa.field("audio_sha256", pa.string()),  # the file's size and sampled bytes (128 bits,
+    # hex; genreflow.decode.file_digest: bounded by 192 KiB whatever the file's length)
     pa.field("clip_sha256", pa.string()),  # the decoded clip, as 16-bit samples (128 bits)
+    pa.field("tag_idx", pa.list_(pa.int16())),  # multi-label genres (indices into
+    # labels.tags, closed under the hierarchy); null: the track has none
+    pa.field("clip_start_s", pa.float32()),  # where the clip starts in the track
 ]
 
 DUPLICATE_SPLIT = "duplicate"  # the split of a track whose audio another track has
@@ -80,6 +84,20 @@ def tokens_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     return np.asarray(column.to_numpy_ndarray())
+
+
+def multi_hot(tag_idx: Iterable[Any], n_tags: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``tag_idx`` lists (None: no multi-label target) -> ``([rows, n_tags] uint8
+    multi-hot, [rows] uint8 1 where the row has a target)``."""
+    rows = list(tag_idx)
+    hot = np.zeros((len(rows), n_tags), dtype=np.uint8)
+    known = np.zeros(len(rows), dtype=np.uint8)
+    for r, idx in enumerate(rows):
+        if idx is None or len(idx) == 0:
+            continue
+        hot[r, np.asarray(idx, dtype=np.int64)] = 1
+        known[r] = 1
+    return hot, known
 
 
 def mood_index(valence: float) -> int:

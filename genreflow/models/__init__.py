@@ -37,11 +37,15 @@ def build_model(
     overrides: dict[str, Any] | None = None,
     vocab_size: int | None = None,
     word_vectors: np.ndarray | None = None,
+    task: str = "single",
+    n_tags: int = 0,
 ) -> GenreModel:
-    """Build a model by name; ``vocab_size`` (and optional ``word_vectors``) for lyrics models.
+    """Build a model by name; ``vocab_size`` (and optional ``word_vectors``) for lyrics
+    models; ``task`` multi or both with ``n_tags`` multi-label genres
+    (:meth:`GenreModel.set_task`; for multi the genre head has ``n_tags`` outputs).
 
     Raises:
-        ConfigError: unknown name, preset or hyperparameter.
+        ConfigError: unknown name, preset, hyperparameter or task.
     """
     cls = model_class(name)
     kwargs: dict[str, Any] = dict(overrides or {})
@@ -49,7 +53,10 @@ def build_model(
         kwargs["vocab_size"] = vocab_size if vocab_size is not None else 2
         kwargs["word_vectors"] = word_vectors
     factory: Callable[..., GenreModel] = cls  # every model adds `preset` to the base signature
-    return factory(spec, n_genres=n_genres, n_moods=n_moods, preset=preset, **kwargs)
+    heads = n_tags if task == "multi" else n_genres
+    model = factory(spec, n_genres=heads, n_moods=n_moods, preset=preset, **kwargs)
+    model.set_task(task, n_tags=n_tags)
+    return model
 
 
 __all__ = [

@@ -31,6 +31,11 @@ class ModelOutput(NamedTuple):
     mood_logits: Tensor | None  # [batch, n_moods] where the model has a mood head
     token_weights: Tensor | None  # [batch, n_tokens], sums to 1 over real tokens
     embedding: Tensor  # [batch, embedding_dim]: the signature, or the penultimate layer
+    tag_logits: Tensor | None = None  # [batch, n_tags]: multi-label genres (sigmoid), for
+    # a model of task multi (its genre head) or both (a head of its own on the embedding)
+
+
+TASKS = ("single", "multi", "both")
 
 
 class GenreModel(nn.Module):
@@ -40,6 +45,7 @@ class GenreModel(nn.Module):
     presets: ClassVar[dict[str, dict[str, Any]]]
     has_mood: ClassVar[bool] = False
     uses_lyrics: ClassVar[bool] = False
+    task: str = "single"  # set by set_task: single | multi | both
 
     def __init__(
         self,
@@ -108,6 +114,33 @@ class GenreModel(nn.Module):
             return x
         return (x + INPUT_SHIFT_DB) / INPUT_SCALE_DB
 
+    def set_task(self, task: str, *, n_tags: int = 0) -> None:
+        """Make this a multi-label model: for ``multi`` the genre head (built with
+        ``n_genres = n_tags``) gives ``tag_logits``; for ``both`` a linear head of
+        ``n_tags`` on the embedding does, beside the single-label genre head. Any model
+        gets this without code of its own: the head's width is the embedding's, found by
+        one forward pass of silent tokens.
+
+        Raises:
+            ConfigError: an unknown task, or fewer than 2 tags.
+        """
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {list(TASKS)}, got {task!r}")
+        self.task = task
+        if task == "single":
+            return
+        if n_tags < 2:
+            raise ConfigError(f"task={task} needs at least 2 multi-label genres, got {n_tags}")
+        if task == "both":
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                silent = torch.full((2, *self.spec.token_shape), -100.0)
+                width = int(self(silent).embedding.shape[1])
+            self.train(was_training)
+            self.tag_head = nn.Linear(width, n_tags)
+        self.register_forward_hook(_with_tags)
+
     def load_pretrained(self) -> None:
         """Put pretrained weights into the parts that start from them (a pretrained
         front end); a model learned from scratch has none. Training calls this once
@@ -120,6 +153,16 @@ class GenreModel(nn.Module):
         lyrics: Tensor | None = None,
     ) -> ModelOutput:
         raise NotImplementedError
+
+
+def _with_tags(model: nn.Module, _args: Any, out: ModelOutput) -> ModelOutput:
+    """The forward hook of :meth:`GenreModel.set_task`: fills ``tag_logits``."""
+    if out.tag_logits is not None:
+        return out
+    if model.task == "multi":
+        return out._replace(tag_logits=out.genre_logits)
+    head = model.get_submodule("tag_head")
+    return out._replace(tag_logits=head(out.embedding))
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:

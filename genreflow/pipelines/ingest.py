@@ -23,6 +23,7 @@ from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
 from genreflow.ingest import (
     IngestConfig,
+    OutputState,
     finalize,
     ingest_shard,
     prepare_output,
@@ -78,6 +79,13 @@ class IngestResult:
             f"{self.rows_written} rows written ({total} in the dataset), {self.errors} errors "
             f"({kinds}); {self.clips_per_s:.1f} clips/s decoding, {self.seconds:.1f} s in all."
         )
+        targets = self.manifest.get("counts", {}).get("by_target")
+        if targets:
+            text += (
+                " Targets: {single_and_multi} single- and multi-label, {single_only} "
+                "single-label only, {multi_only} multi-label only, {none} none (kept, "
+                "and labelled)."
+            ).format(**targets)
         duplicates = self.manifest.get("counts", {}).get("duplicates", 0)
         if duplicates:
             text += (
@@ -141,7 +149,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     rows_written, process_seconds = 0, 0.0
     if len(todo):
         init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
-        rows_written, process_seconds = _run_shards(todo, config, state.vocabulary, errors_by_kind)
+        rows_written, process_seconds = _run_shards(todo, config, state, errors_by_kind)
     seconds = time.perf_counter() - start
     result = IngestResult(
         out=config.out,
@@ -157,6 +165,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
         config.out,
         spec=config.spec,
         vocabulary=state.vocabulary,
+        taxonomy=state.taxonomy,
         catalog_uri=config.catalog,
         extra={
             "last_run": {
@@ -175,7 +184,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
 
 def _run_shards(
-    todo: pd.DataFrame, config: IngestConfig, vocabulary: list[str], errors_by_kind: Counter[str]
+    todo: pd.DataFrame, config: IngestConfig, state: OutputState, errors_by_kind: Counter[str]
 ) -> tuple[int, float]:
     """Fan the tracks out as one Ray Data task per shard; returns (rows, seconds)."""
     import ray
@@ -195,7 +204,8 @@ def _run_shards(
             fn_kwargs={
                 "out": config.out,
                 "spec": config.spec.to_dict(),
-                "vocabulary": vocabulary,
+                "vocabulary": state.vocabulary,
+                "tags": list(state.taxonomy.titles) if state.taxonomy is not None else None,
                 "min_duration_s": config.min_duration_s,
                 "allow_silent": config.allow_silent,
             },

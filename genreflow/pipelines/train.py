@@ -37,9 +37,16 @@ from genreflow import storage
 from genreflow.config import from_dict
 from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError, GenreflowError
-from genreflow.formats.dataset import MOOD_CLASSES, mood_index, read_dataset_manifest, tokens_numpy
+from genreflow.formats.dataset import (
+    MOOD_CLASSES,
+    mood_index,
+    multi_hot,
+    read_dataset_manifest,
+    tokens_numpy,
+)
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab, load_word2vec_text
+from genreflow.multilabel import pos_weights
 from genreflow.ray_compat import health_check_interval
 from genreflow.runtime import (
     cluster_gpus,
@@ -53,8 +60,10 @@ from genreflow.tokens import TokenSpec, check_same_spec
 from genreflow.train import (
     LYRICS_COLUMN,
     RUN_PARTS,
+    TAG_COLUMNS,
     TENSOR_COLUMNS,
     Part,
+    Tags,
     TrainConfig,
     TrainingRecipe,
     balanced_class_weights,
@@ -95,6 +104,14 @@ class TrainResult:
         )
         if "mood" in test:
             text += f", mood accuracy {test['mood'].get('accuracy', float('nan')):.3f}"
+        if "tags" in test:
+            tags = test["tags"]
+            text += (
+                f"; multi-label test macro ROC-AUC {tags.get('macro_roc_auc', float('nan')):.3f}, "
+                f"mAP {tags.get('macro_pr_auc', float('nan')):.3f}, macro-F1 at the "
+                f"validation thresholds {tags.get('macro_f1', float('nan')):.3f} over "
+                f"{tags.get('genres_present', 0)} genres"
+            )
         if "cross_validation" in m:
             cv = m["cross_validation"]
             text += (
@@ -121,7 +138,18 @@ def _check(config: TrainConfig) -> dict[str, Any]:
             )
     genres = manifest["labels"]["genre"]
     spec = TokenSpec.from_dict(manifest["token_spec"])
-    build_for_training(config, spec, len(genres), 2)  # bad presets/overrides fail here
+    tags = manifest["labels"].get("tags", [])
+    if config.task != "single" and len(tags) < 2:
+        raise ConfigError(
+            f"task={config.task}: dataset {config.data!r} has no multi-label genres (its "
+            "catalog had no FMA genres_all or manifest genres column); use task=single"
+        )
+    if config.task != "multi" and len(genres) < 2:
+        raise ConfigError(
+            f"task={config.task}: dataset {config.data!r} has {len(genres)} single-label "
+            "genres; use task=multi where tracks carry genre lists"
+        )
+    build_for_training(config, spec, len(genres), 2, len(tags))  # bad presets fail here
     if config.lyrics_vectors and not storage.exists(config.lyrics_vectors):
         raise ConfigError(f"lyrics_vectors {config.lyrics_vectors!r} does not exist")
     if config.resume:
@@ -212,10 +240,15 @@ def _read_split(
     from ray.data.expressions import col
 
     fs, path = storage.resolve(storage.join(config.data, "shards"))
-    columns = ["split", "tokens", "genre_idx", "valence", *(extra or [])]
+    columns = ["split", *data_columns(config), *(extra or [])]
     columns += ["lyrics"] if lyrics else []
     ds = read_parquet(path, filesystem=fs, columns=columns)
     return ds.filter(expr=col("split") == split)
+
+
+def data_columns(config: TrainConfig) -> list[str]:
+    """The shard columns a run's batches are made of (besides ``split``)."""
+    return ["tokens", "genre_idx", "valence", *(["tag_idx"] if config.task != "single" else [])]
 
 
 def _keep_part(batch: pd.DataFrame, part: Part) -> pd.DataFrame:
@@ -328,6 +361,7 @@ def _fit(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     genres = manifest["labels"]["genre"]
+    tags = manifest["labels"].get("tags", []) if config.task != "single" else []
     use_gpu = config.resources.use_gpu is True  # run_train resolved auto
     worker_env = {}
     if config.resources.worker_niceness is not None:
@@ -345,8 +379,11 @@ def _fit(
         "lyrics_vocab": list(vocab.words) if vocab else None,
         "word_vectors": word_vectors(config, manifest, vocab),
         "class_weights": balanced_class_weights(counts, genres)
-        if config.class_weighting == "balanced"
+        if config.class_weighting == "balanced" and config.task != "multi"
         else None,
+        "tags": tags,
+        "tag_parents": manifest["labels"].get("tag_parents", {}) if tags else {},
+        "tag_pos_weight": _tag_pos_weight(config, manifest, tags),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -366,7 +403,7 @@ def _fit(
             storage_path=_storage_path(config),
             failure_config=ray.train.FailureConfig(max_failures=config.resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
+                checkpoint_score_attribute="val_score", checkpoint_score_order="max"
             ),
             worker_runtime_env={"env_vars": worker_env} if worker_env else {},
         ),
@@ -383,6 +420,20 @@ def _fit(
             f"training failed ({config.resources.max_failures} recovery attempt(s) allowed): "
             f"{failure_cause(exc)}\n{exc}"
         ) from exc
+
+
+def _tag_pos_weight(
+    config: TrainConfig, manifest: dict[str, Any], tags: list[str]
+) -> list[float] | None:
+    """Each multi-label genre's positive weight from the training split's counts."""
+    if not tags:
+        return None
+    counts = manifest["counts"].get("by_split_tag", {}).get("train", {})
+    total = manifest["counts"].get("tagged_by_split", {}).get("train", 0)
+    return [
+        float(w)
+        for w in pos_weights([counts.get(t, 0) for t in tags], total, cap=config.tag_pos_weight_max)
+    ]
 
 
 def failure_cause(exc: BaseException) -> str:
@@ -509,7 +560,7 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     result = _fit(config, manifest, vocab, datasets, name="run")
     if result.error is not None:
         raise GenreflowError(f"training failed: {result.error}")
-    best = result.get_best_checkpoint(metric="val_macro_f1", mode="max") or result.checkpoint
+    best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
     if best is None:
         raise GenreflowError("training reported no checkpoint")
     best_path = _checkpoint_uri(config, best.path)
@@ -524,7 +575,14 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
                 batch["tokens"] = batch["tokens"].float()
                 yield batch
 
-        test_metrics = evaluate(predict(loaded.model, batches()), loaded.genres, loaded.moods)
+        test_metrics = evaluate(
+            predict(loaded.model, batches()),
+            loaded.genres,
+            loaded.moods,
+            task=loaded.task,
+            tags=Tags(loaded.tags, loaded.tag_parents) if loaded.tags else None,
+            thresholds=np.asarray(loaded.tag_thresholds) if loaded.tag_thresholds else None,
+        )
     metrics.update(
         {
             "model": config.model,
@@ -536,7 +594,13 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
             "epochs_run": len(history),
             "history": history,
             "test": test_metrics,
-            "labels": {"genre": loaded.genres, "mood": loaded.moods},
+            "task": config.task,
+            "labels": {
+                "genre": manifest["labels"]["genre"],
+                "mood": loaded.moods,
+                "tags": loaded.tags,
+                "tag_parents": loaded.tag_parents,
+            },
             "token_spec": manifest["token_spec"],
             "config": _recorded(config),
         }
@@ -595,15 +659,23 @@ def _lyrics_bounds(config: TrainConfig, vocab: LyricsVocab | None) -> tuple[int,
 
 
 def prepare_batch(
-    batch: dict[str, np.ndarray], *, vocab: LyricsVocab | None, max_sentences: int, max_words: int
+    batch: dict[str, np.ndarray],
+    *,
+    vocab: LyricsVocab | None,
+    max_sentences: int,
+    max_words: int,
+    n_tags: int = 0,
 ) -> dict[str, np.ndarray]:
     """Shard rows -> the tensor columns training reads: tokens, genre_idx, mood_idx (from
-    valence; -1 unknown) and, for lyrics models, lyrics ids."""
+    valence; -1 unknown), for a multi-label task (``n_tags``) the multi-hot ``tags`` and
+    ``has_tags``, and for lyrics models lyrics ids."""
     out = {
         "tokens": batch["tokens"],
         "genre_idx": np.asarray(batch["genre_idx"]).astype(np.int64),
         "mood_idx": np.array([mood_index(v) for v in batch["valence"]], dtype=np.int64),
     }
+    if n_tags:
+        out["tags"], out["has_tags"] = multi_hot(batch["tag_idx"], n_tags)
     if vocab is not None:
         texts = [t if isinstance(t, str) else None for t in batch["lyrics"]]
         out[LYRICS_COLUMN] = vocab.encode_batch(
@@ -615,12 +687,20 @@ def prepare_batch(
 def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
     """A Ray dataset of shard rows -> one of the prepared tensor columns (streamed)."""
     max_s, max_w = _lyrics_bounds(config, vocab)
-    keep = TENSOR_COLUMNS + ([LYRICS_COLUMN] if vocab is not None else [])
+    n_tags = _n_tags(config)
+    keep = TENSOR_COLUMNS + (TAG_COLUMNS if n_tags else [])
+    keep += [LYRICS_COLUMN] if vocab is not None else []
     return ds.map_batches(
         prepare_batch,
         batch_format="numpy",
-        fn_kwargs={"vocab": vocab, "max_sentences": max_s, "max_words": max_w},
+        fn_kwargs={"vocab": vocab, "max_sentences": max_s, "max_words": max_w, "n_tags": n_tags},
     ).select_columns(keep)
+
+
+def _n_tags(config: TrainConfig) -> int:
+    if config.task == "single":
+        return 0
+    return len(read_dataset_manifest(config.data)["labels"].get("tags", []))
 
 
 SMALL_SPLIT_BYTES = 256 * 2**20  # below this a split is prepared on the driver
@@ -630,7 +710,7 @@ def _small_tables(
     config: TrainConfig, vocab: LyricsVocab | None, *, splits: list[str], extra: list[str]
 ) -> dict[str, pa.Table]:
     """The rows of small splits, read with pyarrow on the driver (no Ray Data tasks)."""
-    columns = ["split", "tokens", "genre_idx", "valence", *extra] + (["lyrics"] if vocab else [])
+    columns = ["split", *data_columns(config), *extra] + (["lyrics"] if vocab else [])
     files = storage.list_files(storage.join(config.data, "shards"), suffix=".parquet")
     parts: dict[str, list[pa.Table]] = {split: [] for split in splits}
     for table in storage.read_parquet_columns(files, columns):
@@ -652,10 +732,12 @@ def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConf
             "genre_idx": table.column("genre_idx").to_numpy(),
             "valence": table.column("valence").to_numpy(zero_copy_only=False),
             **({"lyrics": table.column("lyrics").to_pylist()} if vocab else {}),
+            **({"tag_idx": table.column("tag_idx").to_pylist()} if config.task != "single" else {}),
         },
         vocab=vocab,
         max_sentences=max_s,
         max_words=max_w,
+        n_tags=_n_tags(config),
     )
     arrays = {
         name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
@@ -741,6 +823,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         class_weights=loop_config.get("class_weights"),
         device=device,
         word_vectors=loop_config.get("word_vectors"),
+        tags=Tags(loop_config["tags"], loop_config["tag_parents"])
+        if loop_config.get("tags")
+        else None,
+        tag_pos_weight=loop_config.get("tag_pos_weight"),
     )
     resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
     if resumed is not None:
