@@ -133,9 +133,7 @@ def _mp3_fault(source: Any, uri: str) -> tuple[str, str] | None:
         size = int(handle.seek(0, io.SEEK_END))
     if not head.startswith(b"ID3") or len(head) < 10:
         return None
-    tag_end = 10 + (
-        (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
-    )
+    tag_end = _id3_end(head)
     if size - tag_end < 128:
         return "no_audio", (
             f"{uri!r} holds an ID3 tag and no audio ({size} bytes in all, {max(0, size - tag_end)} "
@@ -189,15 +187,17 @@ def _read_soundfile(
             wanted = declared - first
             if length_s is not None:
                 wanted = min(wanted, math.ceil(length_s * sample_rate))
+            tolerance = TRUNCATION_TOLERANCE
             if first and mp3:
                 data = _read_mp3_at(source, uri, first / declared, wanted)
+                tolerance = MP3_SEEK_TOLERANCE  # a byte position is a time to a few %
             else:
                 if first:
                     f.seek(first)
                 data = f.read(frames=wanted, dtype="float32", always_2d=True)  # [n, channels]
             if data.shape[0] == 0:
                 raise AudioError("undecodable", f"no audio frames could be decoded from {uri!r}")
-            if data.shape[0] < TRUNCATION_TOLERANCE * wanted:
+            if data.shape[0] < tolerance * wanted:
                 raise AudioError(
                     "truncated",
                     f"{uri!r} is cut short: its header declares {track_s:.2f} s "
@@ -221,6 +221,7 @@ _MP3_BITRATES = {  # kbit/s by (MPEG-1?, layer) and the header's 4-bit index
 }
 _MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 MP3_SYNC_SEARCH = 64 * 1024  # bytes searched for a frame header from the estimated offset
+MP3_SEEK_TOLERANCE = 0.5  # a window read by byte position may end this early (at the end)
 
 
 def _mp3_frame_length(header: bytes) -> int:
@@ -287,6 +288,14 @@ class _ByteRange(io.RawIOBase):
         return len(data)
 
 
+def _id3_end(head: bytes) -> int:
+    """Where the audio starts after an ID3v2 tag (0 without one); ``head``: its first 10 bytes."""
+    if len(head) < 10 or not head.startswith(b"ID3"):
+        return 0
+    size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+    return 10 + size
+
+
 def _read_mp3_at(source: Any, uri: str, share: float, frames: int) -> np.ndarray:
     """``frames`` samples of an MP3 from the frame at ``share`` (0-1) of its bytes."""
     with ExitStack() as stack:
@@ -294,7 +303,9 @@ def _read_mp3_at(source: Any, uri: str, share: float, frames: int) -> np.ndarray
         if isinstance(source, str):
             handle = stack.enter_context(open(source, "rb"))
         size = int(handle.seek(0, io.SEEK_END))
-        estimate = int(share * size)
+        handle.seek(0)
+        audio_from = _id3_end(bytes(handle.read(10)))
+        estimate = audio_from + int(share * (size - audio_from))
         handle.seek(estimate)
         found = mp3_frame_at(bytes(handle.read(MP3_SYNC_SEARCH)))
         if found is None:

@@ -32,6 +32,7 @@ from genreflow.errors import ConfigError
 from genreflow.formats.dataset import shard_name
 from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA
 from genreflow.models.base import inference_model
+from genreflow.multilabel import consistent_tags
 from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
 
@@ -211,17 +212,29 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
 
 
 def signature_moments(
-    weights: np.ndarray, spec: TokenSpec, duration_s: float, *, count: int
+    weights: np.ndarray,
+    spec: TokenSpec,
+    duration_s: float,
+    *,
+    count: int,
+    offset_s: float = 0.0,
 ) -> list[dict[str, float]]:
     """The ``count`` most attended tokens as moments inside the track, best first.
 
     Args:
         weights: ``[n_tokens]`` attention weights of one track.
-        duration_s: audio actually present; moments are clipped to it and tokens that
-            start after it (padding) are never moments.
+        duration_s: layout clip: audio actually present in the clip, moments are
+            clipped to it and tokens that start after it (padding) are never moments;
+            layout track: the track's length.
+        offset_s: layout clip: where the clip starts in the track (moments are in the
+            track's time).
     """
-    times = spec.token_times_s()
-    end_of_track = min(float(duration_s), spec.clip_s) if duration_s > 0 else spec.clip_s
+    times = spec.token_times_in_track(duration_s=duration_s, offset_s=offset_s)
+    if spec.token_layout == "track":
+        end_of_track = float(duration_s) if duration_s > 0 else float(times[-1, 1])
+    else:
+        present = min(float(duration_s), spec.clip_s) if duration_s > 0 else spec.clip_s
+        end_of_track = offset_s + present
     order = np.argsort(-weights, kind="stable")
     moments = []
     for t in order:
@@ -250,6 +263,7 @@ class Labeller:
         device: str = "auto",
         threads: int | None = None,
         model_batch: int | None = None,
+        dataset_tags: list[str] | None = None,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -260,6 +274,10 @@ class Labeller:
         self.model = inference_model(self.loaded.model, self.device)
         self.top_k = min(top_k, len(self.loaded.genres))
         self.moments = moments
+        self.dataset_tags = dataset_tags  # what a shard's tag_idx indexes
+        self.thresholds = np.asarray(self.loaded.tag_thresholds or [], dtype=np.float32)
+        if self.loaded.task != "single" and len(self.thresholds) != len(self.loaded.tags):
+            self.thresholds = np.full(len(self.loaded.tags), 0.5, dtype=np.float32)
         # On a CPU actor's one thread a forward pass of 8 tracks runs as fast per track
         # as one of 32, and its activations take 130 MiB less of the actor's heap
         # (bench/RESULTS.md); a GPU wants the whole batch.
@@ -275,9 +293,10 @@ class Labeller:
 
     def _forward(
         self, tokens: np.ndarray, texts: list[str | None] | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One forward pass: genre probabilities, L2-normalised embeddings, token weights
-        and mood probabilities (None where the model has no such head)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """One forward pass: genre probabilities (for task multi: the genres' sigmoid
+        scores), L2-normalised embeddings, token weights, mood probabilities and
+        multi-label scores (None where the model has no such head)."""
         x = torch.from_numpy(np.array(tokens, dtype=np.float32)).to(self.device)
         lyrics = None
         if texts is not None:
@@ -290,7 +309,15 @@ class Labeller:
             ).to(self.device)
         with torch.no_grad():
             out = self.model(x, lyrics=lyrics)
-        genre_p = torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy()
+        if self.loaded.task == "multi":
+            genre_p = torch.sigmoid(out.genre_logits.float()).cpu().numpy()
+        else:
+            genre_p = torch.softmax(out.genre_logits.float(), dim=1).cpu().numpy()
+        tag_p = (
+            torch.sigmoid(out.tag_logits.float()).cpu().numpy()
+            if out.tag_logits is not None
+            else None
+        )
         embedding = torch.nn.functional.normalize(out.embedding.float(), dim=1)
         weights = out.token_weights.float().cpu().numpy() if out.token_weights is not None else None
         mood_p = (
@@ -298,7 +325,7 @@ class Labeller:
             if out.mood_logits is not None
             else None
         )
-        return genre_p, embedding.cpu().numpy().astype(np.float32), weights, mood_p
+        return genre_p, embedding.cpu().numpy().astype(np.float32), weights, mood_p, tag_p
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         loaded = self.loaded
@@ -313,7 +340,7 @@ class Labeller:
             self._forward(tokens[i : i + step], None if texts is None else texts[i : i + step])
             for i in range(0, max(len(tokens), 1), step)  # an empty batch: one empty pass
         ]
-        genre_p, embedding, weights, mood_p = (
+        genre_p, embedding, weights, mood_p, tag_p = (
             None if column[0] is None else np.concatenate(column)
             for column in zip(*parts, strict=True)
         )
@@ -339,6 +366,8 @@ class Labeller:
             "true_genre": [
                 g if isinstance(g, str) and g else None for g in batch.get("genre", [None] * n)
             ],
+            "genre_tags": [None] * n,
+            "true_genres": self._true_genres(batch, n),
             "split": [
                 s if isinstance(s, str) and s else None for s in batch.get("split", [None] * n)
             ],
@@ -350,13 +379,41 @@ class Labeller:
             columns["mood_probs"] = [
                 [{"mood": m, "prob": float(p[i])} for i, m in enumerate(moods)] for p in mood_p
             ]
+        if tag_p is not None:
+            columns["genre_tags"] = [
+                consistent_tags(p, loaded.tags, self.thresholds, loaded.tag_parents) for p in tag_p
+            ]
         if weights is not None:
+            offsets = batch.get("clip_start_s", np.zeros(n))
             columns["token_weights"] = [w.tolist() for w in weights]
             columns["signature_moments"] = [
-                signature_moments(w, loaded.spec, float(d), count=self.moments)
-                for w, d in zip(weights, durations, strict=True)
+                signature_moments(w, loaded.spec, float(d), count=self.moments, offset_s=_number(o))
+                for w, d, o in zip(weights, durations, offsets, strict=True)
             ]
         return pa.Table.from_pydict(columns, schema=LABELS_SCHEMA)
+
+    def _true_genres(self, batch: dict[str, np.ndarray], n: int) -> list[list[str] | None]:
+        """The catalog's genre lists: ``genres_text`` (``a|b``, from raw audio) or a
+        shard's ``tag_idx`` read through the dataset's vocabulary."""
+        if "genres_text" in batch:
+            return [
+                t.split("|") if isinstance(t, str) and t else None for t in batch["genres_text"]
+            ]
+        if "tag_idx" in batch and self.dataset_tags:
+            titles = self.dataset_tags
+            return [
+                None if idx is None or len(idx) == 0 else [titles[int(i)] for i in idx]
+                for idx in batch["tag_idx"]
+            ]
+        return [None] * n
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def decode_for_label(
@@ -381,6 +438,11 @@ def decode_for_label(
         token_spec,
         min_duration_s=min_duration_s,
         allow_silent=allow_silent,
+        declared_s=(
+            pd.to_numeric(rows["declared_duration_s"], errors="coerce").tolist()
+            if "declared_duration_s" in rows
+            else None
+        ),
     )
     errors = decoded.errors
     kept = rows.iloc[decoded.index]
@@ -399,4 +461,12 @@ def decode_for_label(
         "lyrics": text("lyrics"),
         "genre": text("genre"),
         "split": text("split"),
+        "clip_start_s": np.asarray(decoded.offsets, dtype=np.float32),
+        "genres_text": np.array(
+            [
+                "|".join(g) if isinstance(g, list | tuple | np.ndarray) and len(g) else None
+                for g in (kept["genres"] if "genres" in kept else [None] * len(kept))
+            ],
+            dtype=object,
+        ),
     }

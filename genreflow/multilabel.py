@@ -171,3 +171,46 @@ def consistent_tags(
     kept = [(t, float(s)) for t, s in zip(titles, scores, strict=True) if t in above and rooted(t)]
     kept.sort(key=lambda ts: -ts[1])
     return [{"genre": t, "score": s} for t, s in kept]
+
+
+class TagTally:
+    """Counts of thresholded genre tags against the catalog's genre lists, track by track
+    (the report's multi-label scores, from label rows alone: bounded by the genres)."""
+
+    def __init__(self) -> None:
+        self.tp: dict[str, int] = {}
+        self.fp: dict[str, int] = {}
+        self.fn: dict[str, int] = {}
+        self.tracks = 0
+
+    def add(self, predicted: Sequence[str], truth: Sequence[str]) -> None:
+        p, t = set(predicted), set(truth)
+        for g in p & t:
+            self.tp[g] = self.tp.get(g, 0) + 1
+        for g in p - t:
+            self.fp[g] = self.fp.get(g, 0) + 1
+        for g in t - p:
+            self.fn[g] = self.fn.get(g, 0) + 1
+        self.tracks += 1
+
+    def summary(self) -> dict[str, Any]:
+        """``tracks``, ``micro_f1``, ``macro_f1`` (over genres the tracks carry) and
+        per genre ``precision, recall, f1, support``."""
+        genres = sorted(set(self.tp) | set(self.fp) | set(self.fn))
+        per: dict[str, dict[str, float | int | None]] = {}
+        for g in genres:
+            tp, fp, fn = self.tp.get(g, 0), self.fp.get(g, 0), self.fn.get(g, 0)
+            per[g] = {
+                "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None,
+                "f1": 2 * tp / (2 * tp + fp + fn),
+                "support": tp + fn,
+            }
+        tp, fp, fn = (sum(d.values()) for d in (self.tp, self.fp, self.fn))
+        carried = [float(per[g]["f1"] or 0.0) for g in genres if per[g]["support"]]
+        return {
+            "tracks": self.tracks,
+            "micro_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            "macro_f1": float(np.mean(carried)) if carried else None,
+            "per_genre": per,
+        }

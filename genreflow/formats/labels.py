@@ -41,6 +41,10 @@ LABELS_SCHEMA_FIELDS = [
     ),
     pa.field("embedding", pa.list_(pa.float32())),
     pa.field("true_genre", pa.string()),  # the catalog's genre where it has one
+    # multi-label models: every genre at or above its threshold (chosen on validation)
+    # whose parents are too, best first; null for a single-label model
+    pa.field("genre_tags", pa.list_(pa.struct([("genre", pa.string()), ("score", pa.float32())]))),
+    pa.field("true_genres", pa.list_(pa.string())),  # the catalog's genre list, where known
     pa.field("split", pa.string()),  # the track's split (train/val/test) where known
     pa.field("model_version", pa.string()),
     pa.field("labelled_at", pa.timestamp("s", tz="UTC")),

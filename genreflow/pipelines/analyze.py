@@ -20,6 +20,7 @@ from genreflow.entry import mark_started
 from genreflow.errors import ConfigError, GenreflowError
 from genreflow.formats.labels import label_files
 from genreflow.index import Reservoir
+from genreflow.multilabel import TagTally
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Scan:
     heatmaps: dict[str, list[HeatmapTrack]] = field(default_factory=dict)
     tracks: int = 0
     by_truth: bool = False
+    tags: TagTally = field(default_factory=TagTally)  # multi-label models, test split
 
 
 def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tuple[Scan, Reservoir]:
@@ -58,6 +60,8 @@ def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tup
         "signature_moments",
         "model_version",
         "split",
+        "genre_tags",
+        "true_genres",
     ]
     for uri in files:
         fs, path = storage.resolve(uri)
@@ -78,6 +82,7 @@ def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tup
                 splits = rows.get("split", [None] * len(rows["genre"]))
                 tested = [j for j, i in enumerate(keep) if splits[i] == "test"]
                 scan.confusion.add([truth[j] for j in tested], [predicted[j] for j in tested])
+                _tally_tags(scan.tags, rows, [keep[j] for j in tested])
                 scan.by_truth |= any(t is not None for t in truth)
                 sample.add(vectors, np.asarray(group, dtype=object))
                 scan.tracks += len(keep)
@@ -94,6 +99,16 @@ def scan_labels(files: list[str], *, version: str, config: AnalyzeConfig) -> tup
                             )
                         )
     return scan, sample
+
+
+def _tally_tags(tally: TagTally, rows: dict[str, list[Any]], tested: list[int]) -> None:
+    """Count a multi-label model's tags of test-split tracks against their genre lists."""
+    tags, truth = rows.get("genre_tags"), rows.get("true_genres")
+    if tags is None or truth is None:
+        return
+    for i in tested:
+        if tags[i] is not None and truth[i]:
+            tally.add([t["genre"] for t in tags[i]], truth[i])
 
 
 @dataclass
@@ -170,6 +185,7 @@ def run_analyze(config: AnalyzeConfig) -> AnalyzeResult:
         "accuracy": scan.confusion.accuracy() if scan.confusion.total else None,
         "accuracy_split": "test",
         "test_tracks": scan.confusion.total,
+        "multi_label": scan.tags.summary() if scan.tags.tracks else None,
         "pictures": pictures,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -296,6 +312,13 @@ EXPLAIN = {
 }
 
 
+MAX_TAG_ROWS = 40  # genres listed in the report's multi-label table (most carried first)
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.3f}"
+
+
 def render_html(data: dict[str, Any], names: list[str]) -> str:
     """The report page; every catalog-supplied string is escaped."""
     e = html.escape
@@ -314,6 +337,22 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
             f"<p>Top-1 accuracy on the {data['test_tracks']} test-split tracks (held out "
             f"from training): {data['accuracy']:.3f}.</p>"
         )
+    multi = data.get("multi_label")
+    if multi:
+        parts.append(
+            f"<h2>Multi-label genres</h2><p>Thresholded, hierarchy-consistent genre tags of "
+            f"the {multi['tracks']} test-split tracks with genre lists: micro-F1 "
+            f"{_num(multi['micro_f1'])}, macro-F1 {_num(multi['macro_f1'])} (ROC-AUC and "
+            "mAP per genre are in the training run's metrics.json).</p><table>"
+            "<tr><th>genre</th><th>tracks</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+        )
+        ranked = sorted(multi["per_genre"].items(), key=lambda kv: -int(kv[1]["support"]))
+        for g, m in ranked[:MAX_TAG_ROWS]:
+            parts.append(
+                f"<tr><td>{e(g)}</td><td>{m['support']}</td><td>{_num(m['precision'])}</td>"
+                f"<td>{_num(m['recall'])}</td><td>{_num(m['f1'])}</td></tr>"
+            )
+        parts.append("</table>")
     shared = data["shared_component_fraction"]
     parts.append(
         f"<p>The component every track's signature shares (the catalog mean) holds "

@@ -33,6 +33,9 @@ TABLE_COLUMNS = [
     "macro_f1",
     "log_loss",
     "mood_accuracy",
+    "tag_macro_roc_auc",  # multi-label (task multi|both): macro ROC-AUC, mAP and macro-F1
+    "tag_map",  # at the per-genre thresholds chosen on validation
+    "tag_macro_f1",
     "cv_macro_f1",
     "train_seconds",
     "parameters",
@@ -76,13 +79,15 @@ class CompareResult:
 
     def summary(self) -> str:
         ok = [r for r in self.rows if r["status"] == "ok"]
-        best = max(ok, key=lambda r: r["macro_f1"], default=None)
+        key = "macro_f1" if any(r["macro_f1"] is not None for r in ok) else "tag_map"
+        best = max(ok, key=lambda r: r[key] if r[key] is not None else -1.0, default=None)
         text = (
             f"compare -> {self.files.get('markdown', self.out)}: {len(ok)} of {len(self.rows)} "
             f"models trained in {self.seconds:.0f} s"
         )
-        if best is not None:
-            text += f"; best test macro-F1 {best['macro_f1']:.3f} ({best['model']})"
+        if best is not None and best[key] is not None:
+            what = "macro-F1" if key == "macro_f1" else "multi-label mAP"
+            text += f"; best test {what} {best[key]:.3f} ({best['model']})"
         failed = [r["model"] for r in self.rows if r["status"] != "ok"]
         if failed:
             text += f"; FAILED: {', '.join(failed)}"
@@ -145,13 +150,20 @@ def run_compare(config: CompareConfig) -> CompareResult:
             "macro_f1": test.get("macro_f1"),
             "log_loss": test.get("log_loss"),
             "mood_accuracy": (test.get("mood") or {}).get("accuracy"),
+            "tag_macro_roc_auc": (test.get("tags") or {}).get("macro_roc_auc"),
+            "tag_map": (test.get("tags") or {}).get("macro_pr_auc"),
+            "tag_macro_f1": (test.get("tags") or {}).get("macro_f1"),
             "cv_macro_f1": (
                 f"{cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f}" if cv else None
             ),
             "train_seconds": metrics.get("seconds"),
             "parameters": parameter_count(metrics["best_checkpoint"]),
             "epochs": metrics.get("epochs_run"),
-            "confusion_matrix": storage.join("runs", name, "confusion_matrix.png"),
+            "confusion_matrix": (
+                storage.join("runs", name, "confusion_matrix.png")
+                if test.get("confusion_matrix") is not None
+                else None
+            ),
         }
         rows.append(row)
     files = write_table(rows, config)
@@ -182,7 +194,7 @@ def write_table(rows: list[dict[str, Any]], config: CompareConfig) -> dict[str, 
         f"Data `{config.data}`; the same splits, test split and protocol for every model: "
         f"preset `{t.preset}`, {t.epochs} epochs, batch {t.batch_size}, {t.optimizer} "
         f"lr {t.lr:g}, weight decay {t.weight_decay:g}, class weighting {t.class_weighting}, "
-        f"seed {t.seed}"
+        f"seed {t.seed}, task {t.task}"
         + (f", {config.folds}-fold CV on the training split" if config.folds else "")
         + ".",
         "",

@@ -291,6 +291,7 @@ def _write_labels(
     else:
         assert manifest is not None  # from shards
         columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
+        columns += _optional_shard_columns(config.input, ["clip_start_s", "tag_idx"])
         ds = read_parquet_files(
             storage.file_sizes(storage.join(config.input, "shards"), suffix=".parquet"),
             columns=columns,
@@ -314,6 +315,7 @@ def _write_labels(
                 "device": "cuda" if use_gpu else config.resources.device,
                 "threads": config.resources.torch_threads or max(1, math.ceil(cpus)),
                 "model_batch": config.resources.model_batch,
+                "dataset_tags": manifest["labels"].get("tags") if manifest else None,
             },
             batch_size=config.resources.batch_size,
             batch_format="numpy",
@@ -345,3 +347,15 @@ def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:
     ):
         rows.extend(table.slice(0, n).to_pylist())
     return rows[:n]
+
+
+def _optional_shard_columns(data: str, wanted: list[str]) -> list[str]:
+    """The columns of ``wanted`` a dataset's shards have (older datasets lack some)."""
+    import pyarrow.parquet as pq
+
+    shards = storage.list_files(storage.join(data, "shards"), suffix=".parquet")
+    if not shards:
+        return []
+    fs, path = storage.resolve(shards[0])
+    names = set(pq.read_schema(path, filesystem=fs).names)
+    return [c for c in wanted if c in names]

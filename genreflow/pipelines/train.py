@@ -96,12 +96,18 @@ class TrainResult:
         test = m.get("test", {})
         text = (
             f"train {m['model']} ({m['preset']}) -> {self.out}: {m['epochs_run']} epochs in "
-            f"{self.seconds:.0f} s; best val accuracy {val.get('val_accuracy', float('nan')):.3f}, "
-            f"macro-F1 {val.get('val_macro_f1', float('nan')):.3f}; test accuracy "
-            f"{test.get('accuracy', float('nan')):.3f}, "
-            f"macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
-            f"log-loss {test.get('log_loss', float('nan')):.3f}"
+            f"{self.seconds:.0f} s"
         )
+        if m.get("task", "single") != "multi":
+            text += (
+                f"; best val accuracy {val.get('val_accuracy', float('nan')):.3f}, "
+                f"macro-F1 {val.get('val_macro_f1', float('nan')):.3f}; test accuracy "
+                f"{test.get('accuracy', float('nan')):.3f}, "
+                f"macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
+                f"log-loss {test.get('log_loss', float('nan')):.3f}"
+            )
+        else:
+            text += f"; best val mAP {val.get('val_tag_macro_pr_auc', float('nan')):.3f}"
         if "mood" in test:
             text += f", mood accuracy {test['mood'].get('accuracy', float('nan')):.3f}"
         if "tags" in test:
