@@ -216,14 +216,29 @@ def fold_parts(fold: int, folds: int) -> dict[str, Part]:
 
 # --- metrics ---------------------------------------------------------------------------
 
-# The keys that make two runs comparable: a rerun (of the demo, of a comparison) keeps a
-# finished run only when they are the same as the finished run's.
-PROTOCOL_KEYS = (
-    "data", "model", "preset", "model_overrides", "epochs", "batch_size", "optimizer", "lr",
-    "weight_decay", "momentum", "class_weighting", "mood_loss_weight",
-    "early_stopping_patience", "shuffle_buffer", "seed", "folds", "lyrics_min_count",
-    "lyrics_max_vocab", "lyrics_vectors", "task", "tag_pos_weight_max",
-)  # fmt: skip
+# What does not make two runs different: where they write, how they resume, what they
+# run on and how fast. Every other TrainConfig field is part of the protocol, so a field
+# added later counts unless it is named here (tests/test_train_protocol.py checks both).
+NOT_PROTOCOL_KEYS = frozenset(
+    {
+        "out",
+        "storage_path",
+        "resume",
+        "resources",
+        "mixed_precision",
+        "channels_last",
+        "deterministic",
+    }
+)
+
+
+def protocol_keys() -> tuple[str, ...]:
+    """The keys that make two runs comparable: a rerun (of the demo, of a comparison)
+    keeps a finished run only when they are the same as the finished run's."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_PROTOCOL_KEYS)
+
+
+PROTOCOL_KEYS = protocol_keys()
 
 
 def finished_run(run: str, config: TrainConfig) -> dict[str, Any] | None:
