@@ -72,14 +72,15 @@ def test_fma_header_layout_round_trips(tmp_path: Path) -> None:
     catalog = read_catalog(str(tmp_path / "fma_metadata"), audio_dir="/audio", fma_subset="medium")
     t = catalog.tracks.set_index("track_id")
     assert list(catalog.tracks.columns) == CATALOG_COLUMNS
-    # medium includes small; large-only tracks and the one without genre_top are dropped
-    assert sorted(t.index, key=int) == ["2", "3", "5", "10", "30"]
+    # medium includes small; large-only tracks are left out, the one without genre_top kept
+    assert sorted(t.index, key=int) == ["2", "3", "5", "10", "26", "30"]
+    assert pd.isna(t.loc["26", "genre"])
     assert t.loc["2", "uri"] == "/audio/000/000002.mp3"
     assert t.loc["2", "genre"] == "Hip-Hop" and t.loc["2", "artist_id"] == "1"
     assert t.loc["5", "split"] == "test" and t.loc["10", "split"] == "val"
     assert t.loc["3", "valence"] == pytest.approx(0.45)
     assert np.isnan(t.loc["5", "valence"])
-    assert catalog.notes["dropped_without_genre"] == 1
+    assert "dropped_without_genre" not in catalog.notes
 
 
 def test_fma_large_subset_and_our_own_split(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_fma_large_subset_and_our_own_split(tmp_path: Path) -> None:
     catalog = read_catalog(
         str(tmp_path), audio_dir="/a", fma_subset="large", use_fma_split=False, seed=3
     )
-    assert len(catalog.tracks) == 7
+    assert len(catalog.tracks) == 8  # every track of the subset, genre_top or not
     assert set(catalog.tracks["split"]) <= {"train", "val", "test"}
     by_artist = catalog.tracks.groupby("artist_id")["split"].nunique()
     assert (by_artist == 1).all()

@@ -96,7 +96,7 @@ def _train(dataset: Path, out: Path, *extra: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_trains_multi_label(model: str, fma_dataset: Path, tmp_path: Path) -> None:
-    metrics = _train(fma_dataset, tmp_path / "run", f"model={model}", "task=multi", "epochs=3")
+    metrics = _train(fma_dataset, tmp_path / "run", f"model={model}", "task=multi", "epochs=5")
     tags = metrics["test"]["tags"]
     for key in ("macro_roc_auc", "micro_roc_auc", "macro_pr_auc", "micro_pr_auc", "macro_f1"):
         assert math.isfinite(tags[key]), key
