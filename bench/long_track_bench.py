@@ -68,6 +68,10 @@ def whole_sha256(path: str) -> str:
     return digest.hexdigest()[:32]
 
 
+def bounded_digest(path: str) -> str:
+    return file_digest(path)
+
+
 def clip_by_discarding(path: str) -> np.ndarray:
     with sf.SoundFile(path) as f:
         middle = max(0, (f.frames - 30 * f.samplerate) // 2)
@@ -104,8 +108,8 @@ def main() -> None:
     for minutes in args.minutes:
         path = str(make_track(minutes))
         size = Path(path).stat().st_size / 2**20
-        pairs = [
-            ("duplicate digest", whole_sha256, file_digest),
+        pairs: list[tuple[str, Callable[[str], object], Callable[[str], object]]] = [
+            ("duplicate digest", whole_sha256, bounded_digest),
             ("30 s clip from the middle", clip_by_discarding, clip_from_middle),
         ]
         for what, baseline, ours in pairs:

@@ -79,45 +79,57 @@ def load_audio(
     return window.samples, window.sample_rate
 
 
-def load_window(uri: str, *, length_s: float | None, offset: float | Placement = 0.0) -> Window:
+def load_window(
+    uri: str,
+    *,
+    length_s: float | None,
+    offset: float | Placement = 0.0,
+    source: AudioSource | None = None,
+) -> Window:
     """:func:`load_audio` with where the window lies in the track.
 
     Raises:
         AudioError: ``missing``, ``empty``, ``undecodable`` or ``truncated``.
     """
     place = offset if callable(offset) else (lambda _track_s, at=float(offset): at)
-    (window,) = load_windows(uri, length_s=length_s, starts=lambda track_s: [place(track_s)])
+    (window,) = load_windows(
+        uri, length_s=length_s, starts=lambda track_s: [place(track_s)], source=source
+    )
     return window
 
 
 def load_windows(
-    uri: str, *, length_s: float | None, starts: Callable[[float], Sequence[float]]
+    uri: str,
+    *,
+    length_s: float | None,
+    starts: Callable[[float], Sequence[float]],
+    source: AudioSource | None = None,
 ) -> list[Window]:
     """Decode several windows of one file, opened once, seeking to each: the windows'
     bytes are read, never the rest of the file (on a local file or one in object
     storage alike). ``starts`` maps the track's length (from its header) to the start of
-    every window, in seconds.
+    every window, in seconds. ``source``: the file already opened (:func:`open_source`).
 
     Raises:
         AudioError: ``missing``, ``empty``, ``undecodable`` or ``truncated``.
     """
-    with _opened(uri) as (source, local, path):
+    if source is None:
+        with open_source(uri) as opened:
+            return load_windows(uri, length_s=length_s, starts=starts, source=opened)
+    try:
         try:
-            try:
-                return _read_soundfile(source, uri, length_s, starts)
-            except sf.LibsndfileError as exc:
-                if local:
-                    return _read_librosa(path, uri, length_s, starts, reason=str(exc))
-                raise AudioError(
-                    "undecodable", f"not a readable audio file: {uri!r} ({exc})"
-                ) from exc
-        except AudioError as exc:
-            if exc.kind != "undecodable":
-                raise
-            cause = _mp3_fault(source if not local else path, uri)
-            if cause is None:
-                raise
-            raise AudioError(*cause) from exc
+            return _read_soundfile(source.reader, uri, length_s, starts)
+        except sf.LibsndfileError as exc:
+            if source.local:
+                return _read_librosa(source.reader, uri, length_s, starts, reason=str(exc))
+            raise AudioError("undecodable", f"not a readable audio file: {uri!r} ({exc})") from exc
+    except AudioError as exc:
+        if exc.kind != "undecodable":
+            raise
+        cause = _mp3_fault(source.reader, uri)
+        if cause is None:
+            raise
+        raise AudioError(*cause) from exc
 
 
 def _mp3_fault(source: Any, uri: str) -> tuple[str, str] | None:
@@ -147,10 +159,42 @@ def _mp3_fault(source: Any, uri: str) -> tuple[str, str] | None:
     return None
 
 
+WHOLE_OBJECT_BYTES = 16 * 2**20  # an object up to this size is fetched in one request
+REMOTE_BLOCK_BYTES = 2 * 2**20  # a larger one is read in ranged requests of this size
+REMOTE_BLOCKS_KEPT = 4
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """One track's file, opened once for everything read of it (decoding, the digest).
+
+    ``reader`` is what soundfile opens: a local path, or for an object in object storage
+    a seekable file object whose reads cost a few requests a track (the whole object in
+    one request up to :data:`WHOLE_OBJECT_BYTES`, else blocks of
+    :data:`REMOTE_BLOCK_BYTES`) instead of one request per decoder read.
+    """
+
+    uri: str
+    reader: Any
+    size: int
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.reader, str)
+
+    def read_at(self, n: int, offset: int) -> bytes:
+        """``n`` bytes at ``offset`` (fewer at the end)."""
+        if isinstance(self.reader, str):
+            with open(self.reader, "rb") as f:
+                f.seek(offset)
+                return f.read(n)
+        self.reader.seek(offset)
+        return bytes(self.reader.read(n))
+
+
 @contextmanager
-def _opened(uri: str) -> Iterator[tuple[Any, bool, str]]:
-    """What soundfile opens for ``uri`` (a local path, or a file object in object
-    storage), whether it is local, and its path.
+def open_source(uri: str) -> Iterator[AudioSource]:
+    """Open one track's file for :func:`load_windows` and friends.
 
     Raises:
         AudioError: ``missing`` or ``empty``.
@@ -166,11 +210,63 @@ def _opened(uri: str) -> Iterator[tuple[Any, bool, str]]:
         raise AudioError("missing", f"not a file: {uri!r}")
     if info.size == 0:
         raise AudioError("empty", f"empty file (0 bytes): {uri!r}")
-    if storage.is_remote(uri):
+    if not storage.is_remote(uri):
+        yield AudioSource(uri, path, int(info.size))
+        return
+    try:
+        if info.size <= WHOLE_OBJECT_BYTES:
+            with fs.open_input_file(path) as handle:  # one ranged GET of it all
+                reader: Any = io.BytesIO(bytes(handle.read_at(int(info.size), 0)))
+            yield AudioSource(uri, reader, int(info.size))
+            return
         with fs.open_input_file(path) as handle:
-            yield handle, False, path
-    else:
-        yield path, True, path
+            yield AudioSource(uri, _Blocks(handle, int(info.size)), int(info.size))
+    except OSError as exc:
+        raise AudioError("missing", f"cannot read {uri!r}: {exc}") from exc
+
+
+class _Blocks(io.RawIOBase):
+    """A seekable reader of a large remote object that fetches aligned blocks of
+    :data:`REMOTE_BLOCK_BYTES` in one ranged request each and keeps the last few."""
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self.handle, self.size, self.pos = handle, size, 0
+        self.blocks: dict[int, bytes] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = min(max(0, base + offset), self.size)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def _block(self, index: int) -> bytes:
+        if index not in self.blocks:
+            if len(self.blocks) >= REMOTE_BLOCKS_KEPT:
+                self.blocks.pop(next(iter(self.blocks)))
+            start = index * REMOTE_BLOCK_BYTES
+            self.blocks[index] = bytes(
+                self.handle.read_at(min(REMOTE_BLOCK_BYTES, self.size - start), start)
+            )
+        return self.blocks[index]
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self.pos < self.size:
+            index, within = divmod(self.pos, REMOTE_BLOCK_BYTES)
+            chunk = self._block(index)[within : within + len(view) - done]
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self.pos += len(chunk)
+        return done
 
 
 def _read_soundfile(
@@ -390,6 +486,7 @@ def load_clip(
     allow_silent: bool = False,
     offset: float | Placement = 0.0,
     declared_s: float | None = None,
+    source: AudioSource | None = None,
 ) -> Clip:
     """Decode, downmix, resample and fix the length of one clip.
 
@@ -408,7 +505,7 @@ def load_clip(
     Raises:
         AudioError: any decode failure, ``too_short`` or ``silent``.
     """
-    window = load_window(uri, length_s=clip_s, offset=offset)
+    window = load_window(uri, length_s=clip_s, offset=offset, source=source)
     raw, source_sr = window.samples, window.sample_rate
     mono = resample(to_mono(raw), orig_sr=source_sr, target_sr=sample_rate)
     if not np.all(np.isfinite(mono)):

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from genreflow import storage
 from genreflow.audio import (
     SILENCE_PEAK,
+    AudioSource,
     Clip,
     fix_length,
     load_clip,
     load_windows,
+    open_source,
     resample,
     to_mono,
 )
@@ -55,11 +56,14 @@ def _clip(
     min_duration_s: float,
     allow_silent: bool,
     declared_s: float | None = None,
+    source: AudioSource | None = None,
 ) -> Clip:
     """The clip the spec asks for: one window (``clip_from``), or with ``token_layout``
     track, the tokens' windows spread over the whole track, decoded one by one."""
     if spec.token_layout == "track":
-        return _spread_clip(uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent)
+        return _spread_clip(
+            uri, spec, min_duration_s=min_duration_s, allow_silent=allow_silent, source=source
+        )
     return load_clip(
         uri,
         sample_rate=spec.sample_rate,
@@ -68,14 +72,24 @@ def _clip(
         allow_silent=allow_silent,
         offset=spec.clip_offset_s,
         declared_s=declared_s,
+        source=source,
     )
 
 
-def _spread_clip(uri: str, spec: TokenSpec, *, min_duration_s: float, allow_silent: bool) -> Clip:
+def _spread_clip(
+    uri: str,
+    spec: TokenSpec,
+    *,
+    min_duration_s: float,
+    allow_silent: bool,
+    source: AudioSource | None = None,
+) -> Clip:
     """``token_layout`` track: ``samples`` is ``[n_tokens, token_samples]``, one window
     per token at :meth:`TokenSpec.track_token_starts_s`; ``duration_s`` the track's."""
     token_samples = spec.token_frames * spec.hop_length
-    windows = load_windows(uri, length_s=spec.token_s, starts=spec.track_token_starts_s)
+    windows = load_windows(
+        uri, length_s=spec.token_s, starts=spec.track_token_starts_s, source=source
+    )
     track_s = windows[0].track_s
     if track_s < min_duration_s:
         raise AudioError(
@@ -130,22 +144,26 @@ DIGEST_CHARS = 32  # hex digits kept of a SHA-256: 128 bits
 DIGEST_SAMPLE_BYTES = 64 * 1024  # bytes read at each of a file's start, middle and end
 
 
-def file_digest(uri: str, *, sample_bytes: int = DIGEST_SAMPLE_BYTES) -> str:
+def file_digest(
+    uri: str, *, sample_bytes: int = DIGEST_SAMPLE_BYTES, source: AudioSource | None = None
+) -> str:
     """A content digest of a file whose cost does not grow with the file: SHA-256 of its
     size and of ``sample_bytes`` at its start, middle and end (the whole file when it is
     smaller than those three). The same file under two names has the same digest;
     two different encodings of audio essentially never share size and all three
-    samples. (:data:`DIGEST_CHARS` hex digits.)"""
-    fs, path = storage.resolve(uri)
+    samples. ``source``: the file already opened for decoding (its bytes are reused).
+    (:data:`DIGEST_CHARS` hex digits.)"""
+    if source is None:
+        with open_source(uri) as opened:
+            return file_digest(uri, sample_bytes=sample_bytes, source=opened)
+    size = source.size
     digest = hashlib.sha256()
-    with fs.open_input_file(path) as handle:
-        size = int(handle.size())
-        digest.update(size.to_bytes(8, "little"))
-        if size <= 3 * sample_bytes:
-            digest.update(handle.read())
-        else:
-            for at in (0, (size - sample_bytes) // 2, size - sample_bytes):
-                digest.update(handle.read_at(sample_bytes, at))
+    digest.update(size.to_bytes(8, "little"))
+    if size <= 3 * sample_bytes:
+        digest.update(source.read_at(size, 0))
+    else:
+        for at in (0, (size - sample_bytes) // 2, size - sample_bytes):
+            digest.update(source.read_at(sample_bytes, at))
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
@@ -206,16 +224,18 @@ def decode_tokens(
     for i, (track_id, uri) in enumerate(zip(track_ids, uris, strict=True)):
         start = time.perf_counter()
         try:
-            clip = _clip(
-                uri,
-                spec,
-                min_duration_s=min_duration_s,
-                allow_silent=allow_silent,
-                declared_s=None if declared_s is None else declared_s[i],
-            )
-            toks, duration = _tokens(clip, spec), clip.duration_s
-            if digests:
-                found = (file_digest(uri), clip_digest(clip.samples))
+            with open_source(uri) as source:  # one open (a few requests) for all of it
+                clip = _clip(
+                    uri,
+                    spec,
+                    min_duration_s=min_duration_s,
+                    allow_silent=allow_silent,
+                    declared_s=None if declared_s is None else declared_s[i],
+                    source=source,
+                )
+                toks, duration = _tokens(clip, spec), clip.duration_s
+                if digests:
+                    found = (file_digest(uri, source=source), clip_digest(clip.samples))
         except AudioError as exc:
             errors.append(error_row(track_id, uri, "decode", exc.kind, str(exc)))
             failed[i] = exc.kind

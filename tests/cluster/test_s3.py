@@ -69,12 +69,22 @@ def start_moto(log: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.2)
 
 
+MOTO_LOG: dict[str, Path] = {}  # the module's moto server writes every request here
+
+
+def gets(key: str) -> int:
+    """GET requests moto has served for ``key`` so far (its request log)."""
+    text = MOTO_LOG["path"].read_text(errors="replace")
+    return len(re.findall(rf"GET /{BUCKET}/{re.escape(key)}[ ?]", text))
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server; Ray restarted so that its workers see the endpoint settings."""
     import ray
 
-    server, port = start_moto(tmp_path_factory.mktemp("moto") / "server.log")
+    MOTO_LOG["path"] = tmp_path_factory.mktemp("moto") / "server.log"
+    server, port = start_moto(MOTO_LOG["path"])
     endpoint = f"http://127.0.0.1:{port}"
     settings = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -298,3 +308,53 @@ def test_an_endpoint_that_dies_mid_write_publishes_nothing_and_a_rerun_completes
     expected = pd.read_csv(local_catalog)["track_id"].astype(str)
     assert sorted(ids.to_pylist()) == sorted(expected)  # each track once, none lost
     assert "faulty/_dataset.json" in keys("faulty/")
+
+
+def test_a_track_in_s3_costs_a_few_requests(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest's and labelling's per-track work on a 30 s 320 kbps MP3 in S3: one GET for
+    all of it (decode and digest); a file above the whole-object size a few ranged GETs."""
+    import soundfile as sf
+
+    from genreflow import audio
+    from genreflow.ingest import ingest_shard
+    from genreflow.label import decode_for_label
+    from genreflow.tokens import TokenSpec
+
+    t = np.arange(30 * 44100) / 44100
+    wave = 0.3 * np.sin(2 * np.pi * 330 * t) * (1 + 0.2 * np.sin(2 * np.pi * 0.5 * t))
+    path = tmp_path / "clip.mp3"
+    sf.write(str(path), np.stack([wave, wave], axis=1).astype(np.float32), 44100,
+             format="MP3", bitrate_mode="CONSTANT", compression_level=0.0)  # fmt: skip
+    assert path.stat().st_size > 1_000_000  # 320 kbps, as FMA's best clips
+    boto3.client("s3").upload_file(str(path), BUCKET, "requests/clip.mp3")
+    uri = f"{s3}/requests/clip.mp3"
+    rows = pd.DataFrame({"track_id": ["t1"], "uri": [uri], "genre": ["rock"]})
+    spec = TokenSpec(n_tokens=10, token_s=3.0).to_dict()
+
+    before = gets("requests/clip.mp3")
+    summary = ingest_shard(
+        rows, out=str(tmp_path / "ds"), spec=spec, vocabulary=["rock"], min_duration_s=1.0,
+        allow_silent=False,
+    )  # fmt: skip
+    assert list(summary["status"]) == ["ok"]
+    assert gets("requests/clip.mp3") - before <= 4
+
+    before = gets("requests/clip.mp3")
+    batch = decode_for_label(
+        rows, spec=spec, errors_dir=str(tmp_path / "errors"), min_duration_s=1.0,
+        allow_silent=False,
+    )  # fmt: skip
+    assert len(batch["track_id"]) == 1
+    assert gets("requests/clip.mp3") - before <= 4
+
+    # above the whole-object size: blocks, still a handful of requests
+    monkeypatch.setattr(audio, "WHOLE_OBJECT_BYTES", 100_000)
+    monkeypatch.setattr(audio, "REMOTE_BLOCK_BYTES", 512 * 1024)
+    before = gets("requests/clip.mp3")
+    ingest_shard(
+        rows, out=str(tmp_path / "ds2"), spec=spec, vocabulary=["rock"], min_duration_s=1.0,
+        allow_silent=False,
+    )  # fmt: skip
+    assert 1 < gets("requests/clip.mp3") - before <= 6

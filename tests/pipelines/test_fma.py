@@ -94,9 +94,21 @@ def _train(dataset: Path, out: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads((out / "metrics.json").read_text()))
 
 
+@pytest.fixture(scope="module")
+def multi_runs(fma_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A multi-label run of every model (5 epochs; the signature model 8, labels from it)."""
+    root = tmp_path_factory.mktemp("multi")
+    runs = {}
+    for model in sorted(MODELS):
+        epochs = 8 if model == "signature_attention" else 5
+        runs[model] = root / model
+        _train(fma_dataset, runs[model], f"model={model}", "task=multi", f"epochs={epochs}")
+    return runs
+
+
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_every_model_trains_multi_label(model: str, fma_dataset: Path, tmp_path: Path) -> None:
-    metrics = _train(fma_dataset, tmp_path / "run", f"model={model}", "task=multi", "epochs=5")
+def test_every_model_trains_multi_label(model: str, multi_runs: dict[str, Path]) -> None:
+    metrics = json.loads((multi_runs[model] / "metrics.json").read_text())
     tags = metrics["test"]["tags"]
     for key in ("macro_roc_auc", "micro_roc_auc", "macro_pr_auc", "micro_pr_auc", "macro_f1"):
         assert math.isfinite(tags[key]), key
@@ -106,10 +118,8 @@ def test_every_model_trains_multi_label(model: str, fma_dataset: Path, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def multi_run(fma_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("multi") / "run"
-    _train(fma_dataset, out, "model=signature_attention", "task=multi", "epochs=8")
-    return out
+def multi_run(multi_runs: dict[str, Path]) -> Path:
+    return multi_runs["signature_attention"]
 
 
 def test_learnable_tags_score_well_above_chance(multi_run: Path) -> None:
@@ -117,28 +127,85 @@ def test_learnable_tags_score_well_above_chance(multi_run: Path) -> None:
     assert tags["macro_roc_auc"] > 0.8 and tags["macro_pr_auc"] > 0.5
 
 
-def test_labels_carry_thresholded_genres_without_orphans(
-    multi_run: Path, fma_dataset: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "labels"
+@pytest.fixture(scope="module")
+def multi_labels(
+    multi_run: Path, fma_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("multi-labels") / "labels"
     run_label(
         load_config(LabelConfig, checkpoint=str(multi_run), input=str(fma_dataset), out=str(out))
     )
-    labels = read_labels(str(out))
+    return out
+
+
+def test_labels_carry_thresholded_genres_without_orphans(
+    multi_run: Path, multi_labels: Path, fma_dataset: Path
+) -> None:
+    labels = read_labels(str(multi_labels))
     manifest = json.loads((fma_dataset / "_dataset.json").read_text())
     parents = manifest["labels"]["tag_parents"]
     metrics = json.loads((multi_run / "metrics.json").read_text())
-    state_thresholds = dict(
-        zip(metrics["labels"]["tags"], metrics["best_val"] and _thresholds(metrics), strict=True)
-    )
+    thresholds = dict(zip(metrics["labels"]["tags"], _thresholds(metrics), strict=True))
     assert labels["genre_tags"].map(len).sum() > 0
     for tags in labels["genre_tags"]:
         names = {t["genre"] for t in tags}
         for t in tags:
             assert parents[t["genre"]] is None or parents[t["genre"]] in names
-            assert t["score"] >= state_thresholds[t["genre"]] - 1e-6
+            assert t["score"] >= thresholds[t["genre"]] - 1e-6
     assert labels["true_genres"].notna().sum() > 0.8 * len(labels)
     assert set(labels["genre"]) <= set(manifest["labels"]["tags"])  # top-k over the tags
+
+
+def test_labels_from_fmas_own_folders(multi_run: Path, fma: FmaFixture, tmp_path: Path) -> None:
+    out = tmp_path / "labels"
+    config = load_config(
+        LabelConfig,
+        overrides=["fma_subset=large", "max_error_rate=0.5"],
+        checkpoint=str(multi_run),
+        input=str(fma.root),
+        out=str(out),
+    )
+    run_label(config)
+    labels = read_labels(str(out))
+    (partition,) = (p for p in out.iterdir() if p.name.startswith("run-"))
+    errors = pd.concat(pd.read_parquet(f) for f in (partition / "errors").glob("*.parquet"))
+    assert len(labels) + len(errors) == len(fma.subsets["large"])
+    assert set(errors.loc[errors["kind"] == "no_audio", "track_id"]) == {
+        str(t) for t in FAULTS["no_audio"]
+    }
+    with_genres = labels[labels["true_genres"].notna()]
+    assert len(with_genres) > 0.8 * len(labels) and labels["genre_tags"].notna().all()
+
+
+def test_report_and_compare_show_the_tagging_metrics(
+    multi_labels: Path, fma_dataset: Path, tmp_path: Path
+) -> None:
+    from genreflow.analysis import AnalyzeConfig
+    from genreflow.pipelines.analyze import run_analyze
+    from genreflow.pipelines.compare import CompareConfig, run_compare
+
+    result = run_analyze(
+        load_config(AnalyzeConfig, labels=str(multi_labels), out=str(tmp_path / "report"))
+    )
+    data = json.loads((tmp_path / "report" / "analysis.json").read_text())
+    assert data["multi_label"]["tracks"] > 0 and data["multi_label"]["micro_f1"] is not None
+    assert "Multi-label genres" in Path(result.report).read_text()
+    compared = run_compare(
+        load_config(
+            CompareConfig,
+            overrides=[
+                "models=[baseline_cnn]",
+                "train.task=multi",
+                "train.epochs=1",
+                *[f"train.{o}" for o in QUICK],
+            ],
+            data=str(fma_dataset),
+            out=str(tmp_path / "compare"),
+        )
+    )
+    (row,) = compared.rows
+    assert row["status"] == "ok" and 0 <= row["tag_map"] <= 1 and row["macro_f1"] is None
+    assert "tag_map" in (tmp_path / "compare" / "comparison.md").read_text()
 
 
 def _thresholds(metrics: dict[str, Any]) -> list[float]:
@@ -148,17 +215,13 @@ def _thresholds(metrics: dict[str, Any]) -> list[float]:
 
 
 def test_both_heads_train_at_once(fma_dataset: Path, tmp_path: Path) -> None:
+    """task=both; its single-label head trains and is scored on the tracks with a
+    genre_top only (the others, kept in the dataset, add nothing to that loss)."""
     metrics = _train(fma_dataset, tmp_path / "run", "model=baseline_cnn", "task=both", "epochs=2")
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0  # the single-label head
     assert math.isfinite(metrics["test"]["tags"]["macro_roc_auc"])  # and the multi-label one
-
-
-def test_single_label_training_skips_tracks_without_genre_top(
-    fma_dataset: Path, tmp_path: Path
-) -> None:
-    metrics = _train(fma_dataset, tmp_path / "run", "model=baseline_cnn", "epochs=1")
     manifest = json.loads((fma_dataset / "_dataset.json").read_text())
     with_top = sum(
         n for g, n in manifest["counts"]["by_split_genre"]["test"].items() if g != "none"
     )
-    assert metrics["test"]["count"] == with_top  # scored on the tracks that have a genre
+    assert metrics["test"]["count"] == with_top < manifest["counts"]["by_split"]["test"]
