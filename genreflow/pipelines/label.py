@@ -81,8 +81,9 @@ class LabelResult:
         return attempted > 0 and self.errors / attempted > self.max_error_rate
 
     def summary(self) -> str:
+        where = self.partition or f"{self.out} (nothing new: no partition written)"
         text = (
-            f"label -> {self.partition}: {self.tracks_in} tracks in, {self.skipped} already "
+            f"label -> {where}: {self.tracks_in} tracks in, {self.skipped} already "
             f"labelled by {self.model_version}, {self.labelled} labelled, {self.errors} errors, "
             f"{self.labelled / self.seconds if self.seconds else 0:.1f} tracks/s over "
             f"{self.seconds:.1f} s."
@@ -219,6 +220,22 @@ def run_label(config: LabelConfig) -> LabelResult:
     error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
     errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
     seconds = time.perf_counter() - start
+    if config.incremental and not (labelled or errors or kept):
+        # a nightly run with nothing new leaves the labels as they were: a year of such
+        # nights adds no empty partitions for every reader to list
+        _delete_tree(partition)
+        log.info("incremental: every track is labelled by %s already; nothing written", version)
+        return LabelResult(
+            out=config.out,
+            partition="",
+            model_version=version,
+            tracks_in=tracks_in,
+            skipped=skipped,
+            labelled=0,
+            errors=0,
+            seconds=seconds,
+            max_error_rate=config.max_error_rate,
+        )
     record = {
         "run": run_id,
         "model_version": version,

@@ -769,6 +769,10 @@ def _write_outputs(out: str, metrics: dict[str, Any]) -> None:
     storage.write_json_atomic(storage.join(out, "metrics.json"), metrics)
 
 
+CONFUSION_NUMBERS_UP_TO = 30  # genres; above it the picture shows colours only
+MAX_CONFUSION_INCHES = 24.0
+
+
 def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes:
     """A confusion matrix picture (rows: true genre, columns: predicted) as PNG bytes."""
     import io
@@ -778,15 +782,23 @@ def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size = max(4.0, 0.6 * len(labels) + 2)
+    n = len(labels)
+    size = min(MAX_CONFUSION_INCHES, max(4.0, 0.6 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    font = max(4.0, min(10.0, 400.0 / max(n, 1)))
+    many = n > CONFUSION_NUMBERS_UP_TO
+    ax.set_xticks(
+        range(n), labels, rotation=90 if many else 45, ha="center" if many else "right",
+        fontsize=font,
+    )  # fmt: skip
+    ax.set_yticks(range(n), labels, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    for i in range(matrix.shape[0]):
+    # a number in every cell only while cells are large enough to read it (161 genres
+    # would be 26,000 numbers): the CSV beside the picture has them all
+    for i in range(matrix.shape[0] if n <= CONFUSION_NUMBERS_UP_TO else 0):
         for j in range(matrix.shape[1]):
             ax.text(
                 j,
