@@ -220,18 +220,55 @@ def open_source(uri: str) -> Iterator[AudioSource]:
             yield AudioSource(uri, reader, int(info.size))
             return
         with fs.open_input_file(path) as handle:
-            yield AudioSource(uri, _Blocks(handle, int(info.size)), int(info.size))
+            blocks = _BlockCache(handle, int(info.size))
+            yield AudioSource(uri, _RangeView(blocks.read_at, 0, int(info.size)), int(info.size))
     except OSError as exc:
         raise AudioError("missing", f"cannot read {uri!r}: {exc}") from exc
 
 
-class _Blocks(io.RawIOBase):
-    """A seekable reader of a large remote object that fetches aligned blocks of
-    :data:`REMOTE_BLOCK_BYTES` in one ranged request each and keeps the last few."""
+class _BlockCache:
+    """Ranged reads of a large remote object in aligned blocks of
+    :data:`REMOTE_BLOCK_BYTES`, one request each, keeping the last few."""
 
     def __init__(self, handle: Any, size: int) -> None:
-        self.handle, self.size, self.pos = handle, size, 0
+        self.handle, self.size = handle, size
         self.blocks: dict[int, bytes] = {}
+
+    def _block(self, index: int) -> bytes:
+        if index not in self.blocks:
+            if len(self.blocks) >= REMOTE_BLOCKS_KEPT:
+                self.blocks.pop(next(iter(self.blocks)))
+            start = index * REMOTE_BLOCK_BYTES
+            n = min(REMOTE_BLOCK_BYTES, self.size - start)
+            self.blocks[index] = bytes(self.handle.read_at(n, start))
+        return self.blocks[index]
+
+    def read_at(self, n: int, offset: int) -> bytes:
+        parts = []
+        while n > 0 and offset < self.size:
+            index, within = divmod(offset, REMOTE_BLOCK_BYTES)
+            chunk = self._block(index)[within : within + n]
+            parts.append(chunk)
+            n -= len(chunk)
+            offset += len(chunk)
+        return b"".join(parts)
+
+
+def _seek_and_read(handle: Any) -> Callable[[int, int], bytes]:
+    def read_at(n: int, offset: int) -> bytes:
+        handle.seek(offset)
+        return bytes(handle.read(n))
+
+    return read_at
+
+
+class _RangeView(io.RawIOBase):
+    """A readable, seekable file object over bytes ``[start, end)`` of a source read by
+    ``read_at(n, offset)``: what soundfile opens for an object in storage, or for an MP3
+    from one of its frames."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], start: int, end: int) -> None:
+        self.read_at, self.start, self.size, self.pos = read_at, start, end - start, 0
 
     def readable(self) -> bool:
         return True
@@ -247,26 +284,12 @@ class _Blocks(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
-    def _block(self, index: int) -> bytes:
-        if index not in self.blocks:
-            if len(self.blocks) >= REMOTE_BLOCKS_KEPT:
-                self.blocks.pop(next(iter(self.blocks)))
-            start = index * REMOTE_BLOCK_BYTES
-            self.blocks[index] = bytes(
-                self.handle.read_at(min(REMOTE_BLOCK_BYTES, self.size - start), start)
-            )
-        return self.blocks[index]
-
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self.pos < self.size:
-            index, within = divmod(self.pos, REMOTE_BLOCK_BYTES)
-            chunk = self._block(index)[within : within + len(view) - done]
-            view[done : done + len(chunk)] = chunk
-            done += len(chunk)
-            self.pos += len(chunk)
-        return done
+        data = self.read_at(min(len(view), self.size - self.pos), self.start + self.pos)
+        view[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def _read_soundfile(
@@ -353,37 +376,6 @@ def mp3_frame_at(data: bytes, *, frames: int = 3) -> int | None:
     return None
 
 
-class _ByteRange(io.RawIOBase):
-    """A readable, seekable view of ``handle`` from byte ``start`` on (what soundfile
-    opens to decode an MP3 from one of its frames)."""
-
-    def __init__(self, handle: Any, start: int, size: int) -> None:
-        self.handle, self.start, self.size, self.pos = handle, start, size - start, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = min(max(0, base + offset), self.size)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), self.size - self.pos)
-        self.handle.seek(self.start + self.pos)
-        data = self.handle.read(n)
-        view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
 def _id3_end(head: bytes) -> int:
     """Where the audio starts after an ID3v2 tag (0 without one); ``head``: its first 10 bytes."""
     if len(head) < 10 or not head.startswith(b"ID3"):
@@ -398,6 +390,8 @@ def _read_mp3_at(source: Any, uri: str, share: float, frames: int) -> np.ndarray
         handle = source
         if isinstance(source, str):
             handle = stack.enter_context(open(source, "rb"))
+        else:  # the caller's decoder reads the same object: give its position back
+            stack.callback(handle.seek, handle.tell())
         size = int(handle.seek(0, io.SEEK_END))
         handle.seek(0)
         audio_from = _id3_end(bytes(handle.read(10)))
@@ -406,7 +400,7 @@ def _read_mp3_at(source: Any, uri: str, share: float, frames: int) -> np.ndarray
         found = mp3_frame_at(bytes(handle.read(MP3_SYNC_SEARCH)))
         if found is None:
             raise AudioError("undecodable", f"{uri!r}: no MP3 frame near byte {estimate} of {size}")
-        with sf.SoundFile(_ByteRange(handle, estimate + found, size)) as f:
+        with sf.SoundFile(_RangeView(_seek_and_read(handle), estimate + found, size)) as f:
             return f.read(frames=frames, dtype="float32", always_2d=True)
 
 

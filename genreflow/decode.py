@@ -27,7 +27,7 @@ from genreflow.audio import (
     to_mono,
 )
 from genreflow.errors import AudioError
-from genreflow.features import compress_mel, log_mel_for_spec, mel_power
+from genreflow.features import log_mel_for_spec
 from genreflow.formats.dataset import ERRORS_SCHEMA
 from genreflow.tokens import TokenSpec, cut_tokens
 
@@ -125,16 +125,7 @@ def _tokens(clip: Clip, spec: TokenSpec) -> np.ndarray:
     if spec.token_layout == "track":
         tokens = np.empty(spec.token_shape, dtype=np.float16)
         for i, window in enumerate(clip.samples):  # [token_samples] each
-            mel = mel_power(
-                window,
-                sample_rate=spec.sample_rate,
-                n_fft=spec.n_fft,
-                hop_length=spec.hop_length,
-                n_mels=spec.n_mels,
-                fmin=spec.fmin,
-                fmax=spec.fmax,
-            )
-            tokens[i] = compress_mel(mel[:, : spec.token_frames], spec.scale)
+            tokens[i] = log_mel_for_spec(window, spec)[:, : spec.token_frames]
         return tokens
     mel = log_mel_for_spec(clip.samples, spec)  # [n_mels, n_frames]
     return cut_tokens(mel, spec).astype(np.float16)

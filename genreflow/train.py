@@ -334,21 +334,13 @@ def batch_loss(
     """
     loss = out.genre_logits.new_zeros((), dtype=torch.float32)
     if task != "multi":
-        known = genre >= 0
-        if bool(known.all()):
+        if bool((genre >= 0).any()):
             loss = nn.functional.cross_entropy(
                 out.genre_logits.float(),
                 genre,
                 weight=class_weights,
                 label_smoothing=label_smoothing,
-            )
-        elif bool(known.any()):
-            loss = nn.functional.cross_entropy(
-                out.genre_logits.float(),
-                genre,
-                weight=class_weights,
-                label_smoothing=label_smoothing,
-                ignore_index=-1,
+                ignore_index=-1,  # a track without a genre adds nothing
             )
         else:  # keeps every parameter in the graph (DDP), adds nothing
             loss = 0.0 * out.genre_logits.float().sum()
