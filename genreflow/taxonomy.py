@@ -75,22 +75,6 @@ class Taxonomy:
                 node = self.parents.get(node)
         return sorted(chosen, key=index.__getitem__)
 
-    def consistent(self, genres: Iterable[str]) -> list[str]:
-        """The genres of ``genres`` whose every ancestor is among them too (top-down), in
-        the order given: what a label may claim without a child lacking its parent."""
-        given = list(genres)
-        present = set(given)
-
-        def rooted(title: str) -> bool:
-            node = self.parents.get(title)
-            while node is not None:
-                if node not in present:
-                    return False
-                node = self.parents.get(node)
-            return True
-
-        return [g for g in given if rooted(g)]
-
     def to_dict(self) -> dict[str, object]:
         return {
             "titles": list(self.titles),
