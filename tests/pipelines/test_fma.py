@@ -32,7 +32,7 @@ QUICK = ["batch_size=8", "lr=0.003", "deterministic=true"]
 
 @pytest.fixture(scope="module")
 def fma(tmp_path_factory: pytest.TempPathFactory) -> FmaFixture:
-    return write_fma(tmp_path_factory.mktemp("fma"), n_tracks=120)
+    return write_fma(tmp_path_factory.mktemp("fma"), n_tracks=90)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +96,11 @@ def _train(dataset: Path, out: Path, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def multi_runs(fma_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A multi-label run of every model (5 epochs; the signature model 8, labels from it)."""
+    """A multi-label run of every model (4 epochs; the signature model 8, labels from it)."""
     root = tmp_path_factory.mktemp("multi")
     runs = {}
     for model in sorted(MODELS):
-        epochs = 8 if model == "signature_attention" else 5
+        epochs = 8 if model == "signature_attention" else 4
         runs[model] = root / model
         _train(fma_dataset, runs[model], f"model={model}", "task=multi", f"epochs={epochs}")
     return runs
