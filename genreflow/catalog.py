@@ -10,7 +10,9 @@ paths, lyrics are cleaned and capped.
 
 from __future__ import annotations
 
+import csv
 import io
+import itertools
 import logging
 import os
 import posixpath
@@ -205,17 +207,7 @@ def read_fma(
     if subset not in FMA_SUBSETS:
         raise CatalogError(f"FMA subset must be one of {FMA_SUBSETS}, got {subset!r}")
     meta = Path(metadata_dir)
-    try:
-        tracks = pd.read_csv(meta / "tracks.csv", index_col=0, header=[0, 1], low_memory=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{meta / 'tracks.csv'} is not FMA's tracks.csv: {exc}") from exc
-    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id")]
-    absent = [c for c in needed if c not in tracks.columns]
-    if absent:
-        raise CatalogError(
-            f"{meta / 'tracks.csv'} lacks FMA columns {absent}; expected two header rows "
-            "as in fma_metadata/tracks.csv"
-        )
+    tracks = read_fma_tracks(meta / "tracks.csv")
     tracks, all_ids, problems = _fma_track_ids(tracks)
     if subset == "full":
         in_subset = np.ones(len(tracks), dtype=bool)
@@ -309,6 +301,55 @@ def _fma_genre_lists(
 
 
 FMA_FIRST_LINE = 4  # tracks.csv: two header rows and the index's name, then the tracks
+FMA_NEEDED = (("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id"))
+FMA_OPTIONAL = (("track", "genres_all"), ("track", "genres"), ("track", "duration"))
+
+
+def read_fma_tracks(path: Path) -> pd.DataFrame:
+    """The columns genreflow uses of FMA's ``tracks.csv``, as text, indexed by the raw
+    track id (``FMA_NEEDED`` and those of ``FMA_OPTIONAL`` it has).
+
+    Only those columns are parsed: the file has 52 (fma_full's is ~270 MB, mostly
+    free-text bios and descriptions), and a whole-table parse costs the driver several
+    times the catalog's own size. The two header rows are read first to find the
+    columns' positions; a third row naming the index (``track_id,,,...``) is skipped.
+
+    Raises:
+        CatalogError: not a table with FMA's two header rows and columns.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            head = list(itertools.islice(csv.reader(f), 3))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path} cannot be read as FMA's tracks.csv: {exc}") from exc
+    if len(head) < 2 or len(head[0]) != len(head[1]):
+        raise CatalogError(f"{path} is not FMA's tracks.csv: expected two header rows")
+    names = list(zip(head[0], head[1], strict=True))
+    absent = [c for c in FMA_NEEDED if c not in names]
+    if absent:
+        raise CatalogError(
+            f"{path} lacks FMA columns {absent}; expected two header rows as in "
+            "fma_metadata/tracks.csv"
+        )
+    wanted = [c for c in FMA_NEEDED + FMA_OPTIONAL if c in names]
+    positions = [names.index(c) for c in wanted]
+    index_row = len(head) == 3 and not any(head[2][1:])
+    try:
+        table = pd.read_csv(
+            path,
+            header=None,
+            skiprows=3 if index_row else 2,
+            usecols=[0, *positions],
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path} is not FMA's tracks.csv: {exc}") from exc
+    table = table.set_index(0)[positions]  # the file's order -> FMA_NEEDED's order
+    table.columns = pd.MultiIndex.from_tuples(wanted)
+    table.index.name = "track_id"
+    return table
 
 
 def _fma_track_ids(tracks: pd.DataFrame) -> tuple[pd.DataFrame, list[int], list[dict[str, str]]]:

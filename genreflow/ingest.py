@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreflow import __version__, faultpoints, storage
@@ -313,13 +315,15 @@ class Duplicate:
 def find_duplicates(out: str) -> list[Duplicate]:
     """Tracks of the dataset whose audio another track has: the same file bytes or the
     same decoded clip. Of each group the first track id (numeric ids in numeric order,
-    then the others sorted as text) is the original,
-    whatever order the tracks were ingested in, so reruns and clean runs agree. Reads
-    short columns of the shards (ids, splits, URIs, hex digests), never audio.
+    then the others sorted as text) is the original, and an original is never itself a
+    duplicate, whatever order the tracks were ingested in, so reruns and clean runs
+    agree. Reads short columns of the shards (ids, splits, URIs, hex digests), never
+    audio, and keeps them as Arrow columns and 64-bit keys: a few dozen bytes a track,
+    not a Python object per value.
     """
     shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
     columns = ["track_id", "split", "uri", "audio_sha256", "clip_sha256"]
-    rows: list[tuple[str, str | None, str, str | None, str | None]] = []
+    tables: list[pa.Table] = []
     for uri in shards:
         fs, path = storage.resolve(uri)
         if "clip_sha256" not in pq.read_schema(path, filesystem=fs).names:
@@ -329,26 +333,66 @@ def find_duplicates(out: str) -> list[Duplicate]:
             )  # fmt: skip
             return []
         table = pq.read_table(path, columns=columns, filesystem=fs)
-        rows.extend(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
-    first_file: dict[str, str] = {}
-    first_clip: dict[str, str] = {}
+        tables.append(table.cast(pa.schema([(c, pa.string()) for c in columns])))
+    if not tables:
+        return []
+    table = pa.concat_tables(tables)
+    del tables
+    table = table.take(_id_order(table.column("track_id")))
+    original = np.arange(table.num_rows)
+    how = np.zeros(table.num_rows, dtype=np.int8)  # 0 original, 1 file, 2 clip
+    for code, column in ((1, "audio_sha256"), (2, "clip_sha256")):
+        keys = _digest_keys(table.column(column))
+        candidates = (how == 0) & (keys != 0)  # duplicates point at originals only
+        rows = np.flatnonzero(candidates)
+        frame = pd.DataFrame({"key": keys[rows], "row": rows})
+        first = frame.groupby("key", sort=False)["row"].transform("min").to_numpy()
+        repeat = first != rows
+        original[rows[repeat]] = first[repeat]
+        how[rows[repeat]] = code
+    chained = (how == 1) & (how[original] != 0)  # the same file as a clip's duplicate
+    original[chained] = original[original[chained]]
+    how[chained] = 2
     found: list[Duplicate] = []
-    for track_id, split, uri, file_hash, clip_hash in sorted(rows, key=lambda r: _id_order(r[0])):
-        if file_hash and file_hash in first_file:
-            found.append(Duplicate(track_id, uri, split, first_file[file_hash], "file"))
-        elif clip_hash and clip_hash in first_clip:
-            found.append(Duplicate(track_id, uri, split, first_clip[clip_hash], "clip"))
-        else:
-            if file_hash:
-                first_file.setdefault(file_hash, track_id)
-            if clip_hash:
-                first_clip.setdefault(clip_hash, track_id)
+    digests = {1: table.column("audio_sha256"), 2: table.column("clip_sha256")}
+    ids, splits, uris = (table.column(c) for c in ("track_id", "split", "uri"))
+    for row in np.flatnonzero(how):
+        column, first = digests[int(how[row])], int(original[row])
+        if column[int(row)].as_py() != column[first].as_py():
+            continue  # two digests that share their first 64 bits only
+        found.append(
+            Duplicate(
+                track_id=ids[int(row)].as_py(),
+                uri=uris[int(row)].as_py(),
+                split=splits[int(row)].as_py(),
+                original=ids[first].as_py(),
+                how="file" if how[row] == 1 else "clip",
+            )
+        )
     return found
 
 
-def _id_order(track_id: str) -> tuple[int, int, str]:
-    """Numeric ids in numeric order (FMA's 2 before 140002), then the rest as text."""
-    return (0, int(track_id), "") if track_id.isdigit() else (1, 0, track_id)
+def _digest_keys(digests: pa.ChunkedArray) -> np.ndarray:
+    """The first 64 bits of each hex digest as an integer; 0 where there is none."""
+    prefix = pc.utf8_slice_codeunits(digests.fill_null(""), 0, 16)
+    keys = np.zeros(len(prefix), dtype=np.uint64)
+    values = prefix.to_numpy(zero_copy_only=False)
+    for i, value in enumerate(values):
+        if value:
+            keys[i] = int(value, 16) or 1
+    return keys
+
+
+def _id_order(track_ids: pa.ChunkedArray) -> np.ndarray:
+    """Row order: numeric ids in numeric order (FMA's 2 before 140002), then the rest as
+    text."""
+    text = track_ids.fill_null("")
+    numeric = pc.and_(pc.utf8_is_digit(text), pc.less_equal(pc.utf8_length(text), 18))
+    values = pc.if_else(numeric, text, "0").cast(pa.int64())
+    order = pa.table({"text_first": pc.invert(numeric), "n": values, "id": text})
+    return pc.sort_indices(
+        order, sort_keys=[("text_first", "ascending"), ("n", "ascending"), ("id", "ascending")]
+    ).to_numpy()
 
 
 def set_aside_duplicates(out: str, duplicates: list[Duplicate]) -> None:
