@@ -463,8 +463,10 @@ def finalize(
     by_target: Counter[str] = Counter()
     tagged: Counter[str] = Counter()  # rows with a multi-label target, per split
     columns = ["split", "genre", "valence", "lyrics", "tag_idx"]
-    for table in storage.read_parquet_columns(shards, columns):
+    shard_splits: dict[str, list[str]] = {}  # which splits each shard holds
+    for uri, table in zip(shards, storage.read_parquet_columns(shards, columns), strict=True):
         frame = table.to_pandas()
+        shard_splits[uri.rsplit("/", 1)[-1]] = sorted(set(frame["split"].fillna("none")))
         counts = target_counts(frame["genre"].notna(), frame["tag_idx"].notna())
         by_target.update(counts)
         for split, tags in zip(frame["split"].fillna("none"), frame["tag_idx"], strict=True):
@@ -521,6 +523,7 @@ def finalize(
             "duplicates": len(duplicates),
         },
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
+        "shard_splits": shard_splits,  # a split's rows lie in the shards that name it
         **extra,
     }
     faultpoints.reached("ingest:before-manifest")

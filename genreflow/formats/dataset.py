@@ -126,3 +126,15 @@ def read_dataset_manifest(data: str) -> dict[str, Any]:
         )
     manifest: dict[str, Any] = storage.read_json(uri)
     return manifest
+
+
+def split_shards(data: str, manifest: dict[str, Any], splits: Iterable[str]) -> list[str]:
+    """The shard files holding rows of ``splits``: those the manifest's ``shard_splits``
+    names for them (ingest writes each split's tracks to shards of their own), every
+    shard for a dataset written before it recorded them."""
+    files = storage.list_files(storage.join(data, "shards"), suffix=".parquet")
+    by_shard: dict[str, list[str]] | None = manifest.get("shard_splits")
+    if by_shard is None:
+        return files
+    wanted = set(splits)
+    return [f for f in files if wanted & set(by_shard.get(f.rsplit("/", 1)[-1], wanted))]

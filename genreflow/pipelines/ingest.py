@@ -183,16 +183,26 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     return result
 
 
+def shard_chunks(todo: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """The tracks of each shard: at most ``size``, all of one split (catalog order within
+    it), so that training reads a split's shards and no others."""
+    splits = todo["split"].fillna("").astype(str)
+    chunks = []
+    for split in sorted(set(splits)):
+        group = todo[(splits == split).to_numpy()]
+        chunks += [
+            group.iloc[i : i + size].reset_index(drop=True) for i in range(0, len(group), size)
+        ]
+    return chunks
+
+
 def _run_shards(
     todo: pd.DataFrame, config: IngestConfig, state: OutputState, errors_by_kind: Counter[str]
 ) -> tuple[int, float]:
     """Fan the tracks out as one Ray Data task per shard; returns (rows, seconds)."""
     import ray
 
-    chunks = [
-        todo.iloc[i : i + config.shard_size].reset_index(drop=True)
-        for i in range(0, len(todo), config.shard_size)
-    ]
+    chunks = shard_chunks(todo, config.shard_size)
     rows_written = 0
     start = time.perf_counter()
     with single_operator_resources():  # one operator: no reservation for others

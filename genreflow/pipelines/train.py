@@ -42,6 +42,7 @@ from genreflow.formats.dataset import (
     mood_index,
     multi_hot,
     read_dataset_manifest,
+    split_shards,
     tokens_numpy,
 )
 from genreflow.models import model_class
@@ -245,11 +246,14 @@ def _read_split(
     """One split of the shards, only the columns named (Ray pushes both into the reader)."""
     from ray.data.expressions import col
 
-    fs, path = storage.resolve(storage.join(config.data, "shards"))
+    shards = storage.join(config.data, "shards")
+    files = split_shards(config.data, read_dataset_manifest(config.data), [split])
+    fs, _ = storage.resolve(shards)
+    files = files or [shards]  # no rows of that split: an empty read of the same schema
     columns = ["split", *data_columns(config), *(extra or [])]
     columns += ["lyrics"] if lyrics else []
-    ds = read_parquet(path, filesystem=fs, columns=columns)
-    return ds.filter(expr=col("split") == split)
+    ds = read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs, columns=columns)
+    return ds.filter(expr=col("split") == split)  # a shard of an older dataset mixes them
 
 
 def data_columns(config: TrainConfig) -> list[str]:
@@ -717,7 +721,7 @@ def _small_tables(
 ) -> dict[str, pa.Table]:
     """The rows of small splits, read with pyarrow on the driver (no Ray Data tasks)."""
     columns = ["split", *data_columns(config), *extra] + (["lyrics"] if vocab else [])
-    files = storage.list_files(storage.join(config.data, "shards"), suffix=".parquet")
+    files = split_shards(config.data, read_dataset_manifest(config.data), splits)
     parts: dict[str, list[pa.Table]] = {split: [] for split in splits}
     for table in storage.read_parquet_columns(files, columns):
         for split in splits:

@@ -298,3 +298,30 @@ def test_every_way_of_building_the_datasets_holds_the_same_rows(dataset: Path) -
         for f in folds
     ]
     assert sum(held_out) == int((shards["split"] == "train").sum())  # each row held out once
+
+
+def test_an_epoch_reads_each_splits_rows_once_from_shards_of_its_own(dataset: Path) -> None:
+    """Ingest writes each split to shards of its own and the manifest says which: training
+    reads the validation split without opening a training shard, and the three splits'
+    shards together are the dataset, each row once."""
+    import pyarrow.parquet as pq
+
+    from genreflow.formats.dataset import read_dataset_manifest, split_shards
+    from genreflow.pipelines.train import _read_split
+
+    manifest = read_dataset_manifest(str(dataset))
+    config = load_config(TrainConfig, overrides=["resources.cache=never"], data=str(dataset))
+    seen: set[str] = set()
+    for split in ("train", "val", "test"):
+        files = split_shards(str(dataset), manifest, [split])
+        assert files and not seen & set(files)
+        seen |= set(files)
+        splits = pq.ParquetDataset(files).read(columns=["split"]).column("split").to_pylist()
+        assert set(splits) == {split}
+        assert len(splits) == manifest["counts"]["by_split"][split]
+        read = _read_split(config, split, lyrics=False)
+        assert sorted(Path(f).name for f in read.input_files()) == sorted(
+            Path(f).name for f in files
+        )
+        assert read.count() == manifest["counts"]["by_split"][split]
+    assert seen == {str(f) for f in (dataset / "shards").glob("*.parquet")}
