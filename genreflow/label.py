@@ -12,7 +12,6 @@ signature, float32, L2-normalised), ``true_genre`` (the catalog's genre, where k
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -84,11 +83,6 @@ class LabelResources(RayResources):
                 f"resources.inflight_gb must be > 0 (or null), got {self.inflight_gb}"
             )
 
-    @property
-    def gpu_share(self) -> float:
-        """GPUs per actor as a number (``auto`` not yet resolved: 0, CPU actors)."""
-        return 0.0 if self.gpus_per_actor == "auto" else float(self.gpus_per_actor)
-
 
 @dataclass(frozen=True)
 class LabelConfig:
@@ -117,14 +111,93 @@ class LabelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
-def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None) -> LabelConfig:
-    """``gpus_per_actor=auto`` made a number for this cluster: one GPU per actor where it
-    has GPUs or its autoscaler can start them (``possible``), else CPU actors."""
+def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None) -> float:
+    """GPUs per actor as a number for this cluster (``gpus_per_actor=auto``: one where it
+    has GPUs or its autoscaler can start them, ``possible``, else 0: CPU actors)."""
     if config.resources.gpus_per_actor != "auto":
-        return config
+        return float(config.resources.gpus_per_actor)
     on_gpus = wants_gpus("auto", present=present, possible=possible, what="labelling")
-    resources = dataclasses.replace(config.resources, gpus_per_actor=1.0 if on_gpus else 0.0)
-    return dataclasses.replace(config, resources=resources)
+    return 1.0 if on_gpus else 0.0
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """How one run labels, decided once from its config and the cluster it found (see
+    :func:`plan_label`). The config stays as the user wrote it; everything after
+    planning reads the plan."""
+
+    source: Literal["shards", "audio"]  # an ingest output, or a catalog decoded on the fly
+    tracks: int  # tracks the input holds
+    actors: int  # model actors, one model copy each
+    cpus_per_actor: float
+    gpus_per_actor: float  # 0: CPU actors
+    device: str  # the actors' torch device
+    torch_threads: int  # per actor
+    read_tasks: int  # shard readers (shards), or 0 (audio: decode tasks on free CPUs)
+    batch_size: int  # tracks per model-actor call
+    model_batch: int | None  # tracks per forward pass within a call (None: the call's)
+    model_s_per_track: float | None = None  # measured on one CPU thread, where it mattered
+
+    def line(self) -> str:
+        """The plan as one log line."""
+        feed = (
+            f"{self.read_tasks} shard reader(s)"
+            if self.source == "shards"
+            else "decode tasks on the free CPUs"
+        )
+        gpus = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
+        timed = (
+            f"; model {self.model_s_per_track * 1000:.1f} ms/track on one thread"
+            if self.model_s_per_track is not None
+            else ""
+        )
+        return (
+            f"label plan: {self.tracks} tracks from {self.source}, {feed} -> "
+            f"{self.actors} model actor(s) x ({self.cpus_per_actor:g} CPU{gpus}, "
+            f"{self.device}, {self.torch_threads} thread(s)), {self.batch_size} tracks a call"
+            f"{timed}"
+        )
+
+
+def plan_label(
+    config: LabelConfig,
+    *,
+    source: Literal["shards", "audio"],
+    tracks: int,
+    cluster_cpus: float,
+    present_gpus: float,
+    possible_gpus: float | None,
+    model_s_per_track: float | None = None,
+) -> LabelPlan:
+    """The run's plan: GPUs per actor (:func:`resolve_gpus`), the actor pool
+    (:func:`plan_actors`), the shard readers (:func:`plan_reads`) and each actor's device
+    and threads; the config's values wherever it sets them."""
+    res = config.resources
+    gpus = resolve_gpus(config, present=present_gpus, possible=possible_gpus)
+    actors, cpus = plan_actors(
+        config,
+        cluster_cpus=cluster_cpus,
+        cluster_gpus=present_gpus or float(bool(possible_gpus)),
+        gpus_per_actor=gpus,
+        from_shards=source == "shards",
+        model_s_per_track=model_s_per_track,
+        tracks=tracks,
+    )
+    return LabelPlan(
+        source=source,
+        tracks=tracks,
+        actors=actors,
+        cpus_per_actor=cpus,
+        gpus_per_actor=gpus,
+        device="cuda" if gpus > 0 else res.device,
+        torch_threads=res.torch_threads or max(1, math.ceil(cpus)),
+        read_tasks=plan_reads(config, actors=actors, gpus_per_actor=gpus)
+        if source == "shards"
+        else 0,
+        batch_size=res.batch_size,
+        model_batch=res.model_batch,
+        model_s_per_track=model_s_per_track,
+    )
 
 
 # What a raw-audio run spends on one track before the model, on one core: decode,
@@ -155,6 +228,7 @@ def plan_actors(
     *,
     cluster_cpus: float,
     cluster_gpus: float,
+    gpus_per_actor: float,
     from_shards: bool,
     model_s_per_track: float | None = None,
     tracks: int | None = None,
@@ -176,9 +250,9 @@ def plan_actors(
     """
     if config.resources.actors is not None:
         cpus_set = config.resources.cpus_per_actor
-        return config.resources.actors, cpus_set or (1.0 if config.resources.gpu_share else 0.5)
-    if config.resources.gpu_share > 0:
-        actors = max(1, int(cluster_gpus / config.resources.gpu_share))
+        return config.resources.actors, cpus_set or (1.0 if gpus_per_actor else 0.5)
+    if gpus_per_actor > 0:
+        actors = max(1, int(cluster_gpus / gpus_per_actor))
         cpus = config.resources.cpus_per_actor or 1.0
     else:
         cpus = config.resources.cpus_per_actor or 0.5
@@ -194,7 +268,7 @@ def plan_actors(
     return actors, cpus
 
 
-def plan_reads(config: LabelConfig, *, actors: int) -> int:
+def plan_reads(config: LabelConfig, *, actors: int, gpus_per_actor: float = 0.0) -> int:
     """How many shard readers (long-lived actors) run: the config's value where set.
 
     A reader makes about 500 tracks/s of blocks, a CPU actor labels about 100, so one
@@ -206,7 +280,7 @@ def plan_reads(config: LabelConfig, *, actors: int) -> int:
     """
     if config.resources.read_tasks is not None:
         return config.resources.read_tasks
-    if config.resources.gpu_share > 0:
+    if gpus_per_actor > 0:
         return 2 * actors
     return max(1, actors // 2)
 

@@ -9,9 +9,10 @@ from genreflow.errors import ConfigError
 from genreflow.label import (
     DECODE_S_PER_TRACK,
     LabelConfig,
+    LabelPlan,
     LabelResources,
     model_seconds_per_track,
-    plan_actors,
+    plan_label,
     plan_reads,
     resolve_gpus,
 )
@@ -29,14 +30,16 @@ def plan(
     **settings: object,
 ) -> tuple:
     config = LabelConfig(resources=LabelResources(**settings))  # type: ignore[arg-type]
-    return plan_actors(
+    planned = plan_label(
         config,
+        source="shards" if shards else "audio",
+        tracks=10**9 if tracks is None else tracks,
         cluster_cpus=cpus,
-        cluster_gpus=gpus,
-        from_shards=shards,
+        present_gpus=gpus,
+        possible_gpus=None,
         model_s_per_track=model_s,
-        tracks=tracks,
     )
+    return planned.actors, planned.cpus_per_actor
 
 
 def gpu_config(share: float) -> LabelConfig:
@@ -100,9 +103,7 @@ def test_reads_follow_the_actors_they_feed() -> None:
     assert plan_reads(LabelConfig(), actors=2) == 1  # a read outpaces two CPU actors
     assert plan_reads(LabelConfig(), actors=1) == 1
     assert plan_reads(LabelConfig(), actors=15) == 7
-    assert (
-        plan_reads(LabelConfig(resources=LabelResources(gpus_per_actor=1.0)), actors=4) == 8
-    )  # GPUs eat faster
+    assert plan_reads(LabelConfig(), actors=4, gpus_per_actor=1.0) == 8  # GPUs eat faster
     assert plan_reads(LabelConfig(resources=LabelResources(read_tasks=3)), actors=2) == 3
 
 
@@ -128,12 +129,51 @@ def test_bad_pool_settings_are_refused(settings: dict[str, float]) -> None:
 def test_auto_gives_each_actor_a_gpu_where_the_cluster_has_or_can_start_one(
     present: float, possible: float | None, expected: float
 ) -> None:
-    resolved = resolve_gpus(LabelConfig(), present=present, possible=possible)
-    assert resolved.resources.gpus_per_actor == expected
-    assert resolve_gpus(gpu_config(0.5), present=0.0, possible=None).resources.gpu_share == 0.5
-    assert resolve_gpus(gpu_config(0), present=4.0, possible=4.0).resources.gpu_share == 0.0
+    assert resolve_gpus(LabelConfig(), present=present, possible=possible) == expected
+    assert resolve_gpus(gpu_config(0.5), present=0.0, possible=None) == 0.5
+    assert resolve_gpus(gpu_config(0), present=4.0, possible=4.0) == 0.0
 
 
 def test_an_unresolved_auto_plans_cpu_actors() -> None:
     assert LabelConfig().resources.gpus_per_actor == "auto"
     assert plan(8) == (8, 0.5) and plan_reads(LabelConfig(), actors=2) == 1
+
+
+def test_planning_leaves_the_config_as_written_and_reads_as_one_line() -> None:
+    config = LabelConfig(resources=LabelResources(batch_size=16))
+    before = repr(config)
+    on_gpus = plan_label(
+        config,
+        source="shards",
+        tracks=5000,
+        cluster_cpus=32,
+        present_gpus=4,
+        possible_gpus=4,
+    )
+    assert repr(config) == before and config.resources.gpus_per_actor == "auto"
+    assert on_gpus == LabelPlan(
+        source="shards",
+        tracks=5000,
+        actors=4,
+        cpus_per_actor=1.0,
+        gpus_per_actor=1.0,
+        device="cuda",
+        torch_threads=1,
+        read_tasks=8,
+        batch_size=16,
+        model_batch=None,
+    )
+    on_cpus = plan_label(
+        config,
+        source="audio",
+        tracks=5000,
+        cluster_cpus=8,
+        present_gpus=0,
+        possible_gpus=None,
+        model_s_per_track=0.02,
+    )
+    assert (on_cpus.device, on_cpus.read_tasks, on_cpus.gpus_per_actor) == ("auto", 0, 0.0)
+    for planned in (on_gpus, on_cpus):
+        line = planned.line()
+        assert "\n" not in line and f"{planned.actors} model actor(s)" in line
+    assert "4 model actor(s) x (1 CPU + 1 GPU, cuda" in on_gpus.line()

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -43,10 +43,10 @@ from genreflow.ingest import write_catalog_problems
 from genreflow.label import (
     LabelConfig,
     Labeller,
+    LabelPlan,
     decode_for_label,
     model_seconds_per_track,
-    plan_actors,
-    plan_reads,
+    plan_label,
     resolve_gpus,
 )
 from genreflow.runtime import (
@@ -123,41 +123,164 @@ def decode_task_memory(spec: TokenSpec, tracks: int) -> int:
     return 384 * 2**20 + tracks * 2 * math.prod(spec.token_shape)
 
 
+class LabelSource:
+    """What a run labels: an ingest output's shards, or any catalog form decoded on the
+    fly. :meth:`tokens` makes either one dataset of decoded tokens for the model actors."""
+
+    def __init__(self, config: LabelConfig, spec: TokenSpec, checkpoint: str) -> None:
+        self.uri = config.input
+        self.spec = spec
+        self.manifest: dict[str, Any] | None = None
+        self.catalog: Catalog | None = None
+        if storage.exists(storage.join(config.input, DATASET_FILE)):
+            self.manifest = read_dataset_manifest(config.input)
+            check_same_spec(
+                spec,
+                TokenSpec.from_dict(self.manifest["token_spec"]),
+                a_name=f"checkpoint {checkpoint!r}",
+                b_name=f"shards {config.input!r}",
+            )
+        else:
+            self.catalog = read_catalog(
+                config.input,
+                audio_dir=config.audio_dir,
+                fma_subset=config.fma_subset,
+                require_genre=False,
+                audio_root=config.audio_root,
+            )
+
+    @property
+    def kind(self) -> Literal["shards", "audio"]:
+        return "shards" if self.manifest is not None else "audio"
+
+    @property
+    def tracks(self) -> int:
+        if self.catalog is not None:
+            return len(self.catalog.tracks)
+        assert self.manifest is not None
+        return int(self.manifest["counts"]["rows"])
+
+    @property
+    def dataset_tags(self) -> list[str] | None:
+        """The multi-label genres the shards' ``tag_idx`` index (None from a catalog)."""
+        return self.manifest["labels"].get("tags") if self.manifest is not None else None
+
+    def tokens(
+        self, config: LabelConfig, plan: LabelPlan, *, skip: set[str], partition: str
+    ) -> tuple[Any, int]:
+        """The dataset of decoded tokens of the tracks not in ``skip``, and their count.
+        A catalog's refused rows and undecodable tracks become error rows of ``partition``."""
+        import ray
+
+        if self.catalog is None:
+            columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
+            columns += _optional_shard_columns(self.uri, ["clip_start_s", "tag_idx"])
+            ds = read_parquet_files(
+                storage.file_sizes(storage.join(self.uri, "shards"), suffix=".parquet"),
+                columns=columns,
+                num_cpus=config.resources.read_cpus,
+                concurrency=plan.read_tasks,
+                drop_ids=skip,  # labelled by this model version in an earlier run
+            )
+            return ds, self.tracks - len(skip)
+        errors = storage.join(partition, "errors")
+        write_catalog_problems(errors, self.catalog, set())
+        tracks = self.catalog.tracks[~self.catalog.tracks["track_id"].isin(skip)]
+        size = config.resources.shard_size
+        chunks = [
+            tracks.iloc[i : i + size].reset_index(drop=True) for i in range(0, len(tracks), size)
+        ]
+        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
+            decode_for_label,  # type: ignore[arg-type]
+            batch_size=None,
+            batch_format="pandas",
+            num_cpus=1,
+            # Decoding declares its memory: remote arguments unlike the model actor's
+            # keep it a stage of its own, on every free CPU. Ray Data otherwise fuses a
+            # task stage into the actor stage after it, and one actor decodes alone.
+            memory=decode_task_memory(self.spec, size),
+            fn_kwargs={
+                "spec": self.spec.to_dict(),
+                "errors_dir": errors,
+                "min_duration_s": config.min_duration_s,
+                "allow_silent": config.allow_silent,
+            },
+        )
+        return ds, len(tracks)
+
+
 def run_label(config: LabelConfig) -> LabelResult:
-    """Label ``config.input`` with ``config.checkpoint`` into a new partition of ``config.out``."""
+    """Label ``config.input`` with ``config.checkpoint`` into a new partition of ``config.out``.
+
+    The config is read, never rewritten: what the run decides from it and the cluster is
+    a :class:`LabelPlan`, logged as one line and kept in the partition's run record.
+    """
     start = time.perf_counter()
     for key in ("checkpoint", "input", "out"):
         if not getattr(config, key):
             raise ConfigError(f"no {key} given: set {key}=... (or --{key} ...)")
-    config = dataclasses.replace(config, checkpoint=ckpt.best_of_run(config.checkpoint))
-    loaded = ckpt.load_model(config.checkpoint)
-    spec, version = loaded.spec, loaded.version
-    from_shards = storage.exists(storage.join(config.input, DATASET_FILE))
-    catalog = None
-    if from_shards:
-        manifest = read_dataset_manifest(config.input)
-        check_same_spec(
-            spec,
-            TokenSpec.from_dict(manifest["token_spec"]),
-            a_name=f"checkpoint {config.checkpoint!r}",
-            b_name=f"shards {config.input!r}",
-        )
-    else:
-        catalog = read_catalog(
-            config.input,
-            audio_dir=config.audio_dir,
-            fma_subset=config.fma_subset,
-            require_genre=False,
-            audio_root=config.audio_root,
-        )
-    started = {
-        "model_version": version,
-        "input": config.input,
-        "incremental": config.incremental,
-    }
+    checkpoint = ckpt.best_of_run(config.checkpoint)
+    loaded = ckpt.load_model(checkpoint)
+    version = loaded.version
+    source = LabelSource(config, loaded.spec, checkpoint)
+    started = {"model_version": version, "input": config.input, "incremental": config.incremental}
+    partition, kept, done, earlier = _open_partition(config, started)
+    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
+    plan = _plan(config, source, loaded.model)
+    del loaded
+    log.info("%s", plan.line())
+    check_actor_fit(
+        plan.actors,
+        plan.cpus_per_actor,
+        what="labelling",
+        address=config.resources.address,
+        feed_cpus=config.resources.read_cpus if source.kind == "shards" else 1.0,
+        gpus_per_actor=plan.gpus_per_actor,
+    )
+    mark_started()
+    run_id = partition.rstrip("/").rsplit("/", 1)[-1]
+    storage.write_json_atomic(storage.join(partition, STARTED_FILE), {"run": run_id, **started})
+    # before any dataset is made: each copies Ray Data's context
+    with data_memory_limit(config.resources.inflight_gb, block_mb=config.resources.block_mb):
+        ds, todo = source.tokens(config, plan, skip=done | kept, partition=partition)
+        if todo:
+            _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition)
+    skipped = source.tracks - todo - len(kept - done)  # kept: this run's, done before a cut
+    labelled = sum(t.num_rows for t in storage.read_parquet_columns(
+        storage.list_files(partition, suffix=".parquet"), ["track_id"]
+    ))  # fmt: skip
+    error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
+    errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
+    result = LabelResult(
+        out=config.out,
+        partition=partition,
+        model_version=version,
+        tracks_in=source.tracks,
+        skipped=skipped,
+        labelled=labelled,
+        errors=errors,
+        seconds=time.perf_counter() - start,
+        max_error_rate=config.max_error_rate,
+    )
+    if config.incremental and not (labelled or errors or kept):
+        # a nightly run with nothing new leaves the labels as they were: a year of such
+        # nights adds no empty partitions for every reader to list
+        _delete_tree(partition)
+        log.info("incremental: every track is labelled by %s already; nothing written", version)
+        return dataclasses.replace(result, partition="")
+    _finish_partition(config, result, checkpoint, plan, continued=len(kept), earlier=earlier)
+    return dataclasses.replace(result, samples=_samples(partition))
+
+
+def _open_partition(
+    config: LabelConfig, started: dict[str, Any]
+) -> tuple[str, set[str], set[str], list[str]]:
+    """The partition this run writes (an interrupted one of the same model and input, or a
+    new one), the tracks it holds already, the tracks earlier runs labelled with this
+    model version (incremental runs skip them) and the earlier complete partitions."""
     partition = _continue_or_clear(config.out, started)
     earlier = complete_partitions(config.out)
-    done = labelled_by(earlier, version) if config.incremental else set()
+    done = labelled_by(earlier, started["model_version"]) if config.incremental else set()
     kept: set[str] = set()
     if partition is not None:  # an interrupted run of the same model and input
         kept = track_ids(storage.list_files(partition, suffix=".parquet"))
@@ -168,192 +291,103 @@ def run_label(config: LabelConfig) -> LabelResult:
             partition, kept = None, set()
     if partition is None:
         run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        partition = storage.join(config.out, run_id)
-    else:  # keep what the interrupted run finished; label the rest
-        run_id = partition.rstrip("/").rsplit("/", 1)[-1]
-        log.info("continuing the interrupted run %s: %d tracks done, kept", run_id, len(kept))
+        return storage.join(config.out, run_id), kept, done, earlier
+    log.info("continuing the interrupted run %s: %d tracks done, kept", partition, len(kept))
+    return partition, kept, done, earlier
 
-    init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
-    resources = ray_resources()
+
+def _plan(config: LabelConfig, source: LabelSource, model: Any) -> LabelPlan:
+    """The run's :class:`LabelPlan` on the cluster Ray is connected to. From raw audio on
+    CPUs the model is timed first: the cores are shared by what each side costs."""
     present, possible = cluster_gpus()
-    config = resolve_gpus(config, present=present, possible=possible)
+    gpus = resolve_gpus(config, present=present, possible=possible)
     model_s = None
-    if not from_shards and config.resources.gpu_share == 0 and config.resources.actors is None:
-        model_s = model_seconds_per_track(loaded.model, spec)  # shares the CPUs with decoding
-        log.info("the model takes %.3f s a track on one CPU thread", model_s)
-    del loaded
-    actors, cpus_per_actor = plan_actors(
+    if source.kind == "audio" and gpus == 0 and config.resources.actors is None:
+        model_s = model_seconds_per_track(model, source.spec)
+    return plan_label(
         config,
-        cluster_cpus=resources.get("CPU", 0.0),
-        cluster_gpus=present or float(bool(possible)),
-        from_shards=from_shards,
+        source=source.kind,
+        tracks=source.tracks,
+        cluster_cpus=ray_resources().get("CPU", 0.0),
+        present_gpus=present,
+        possible_gpus=possible,
         model_s_per_track=model_s,
-        tracks=len(catalog.tracks) if catalog is not None else int(manifest["counts"]["rows"]),
     )
-    check_actor_fit(
-        actors,
-        cpus_per_actor,
-        what="labelling",
-        address=config.resources.address,
-        feed_cpus=config.resources.read_cpus if from_shards else 1.0,
-        gpus_per_actor=config.resources.gpu_share,
-    )
-    mark_started()
-    storage.write_json_atomic(storage.join(partition, STARTED_FILE), {"run": run_id, **started})
-    log.info(
-        "labelling with %d model actor(s), %g CPU(s)%s each",
-        actors,
-        cpus_per_actor,
-        f" and {config.resources.gpu_share:g} GPU" if config.resources.gpu_share else "",
-    )
-    planned = dataclasses.replace(config.resources, actors=actors, cpus_per_actor=cpus_per_actor)
-    config = dataclasses.replace(config, resources=planned)
-    # before any dataset is made: each copies Ray Data's context
-    with data_memory_limit(config.resources.inflight_gb, block_mb=config.resources.block_mb):
-        tracks_in, skipped, labelled = _write_labels(
-            config, spec, catalog, manifest if from_shards else None, done | kept, partition
-        )
-    skipped -= len(kept - done)  # kept tracks were this run's, done before it was cut
-    labelled = sum(t.num_rows for t in storage.read_parquet_columns(
-        storage.list_files(partition, suffix=".parquet"), ["track_id"]
-    ))  # fmt: skip
-    error_files = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
-    errors = sum(t.num_rows for t in storage.read_parquet_columns(error_files, ["track_id"]))
-    seconds = time.perf_counter() - start
-    if config.incremental and not (labelled or errors or kept):
-        # a nightly run with nothing new leaves the labels as they were: a year of such
-        # nights adds no empty partitions for every reader to list
-        _delete_tree(partition)
-        log.info("incremental: every track is labelled by %s already; nothing written", version)
-        return LabelResult(
-            out=config.out,
-            partition="",
-            model_version=version,
-            tracks_in=tracks_in,
-            skipped=skipped,
-            labelled=0,
-            errors=0,
-            seconds=seconds,
-            max_error_rate=config.max_error_rate,
-        )
+
+
+def _finish_partition(
+    config: LabelConfig,
+    result: LabelResult,
+    checkpoint: str,
+    plan: LabelPlan,
+    *,
+    continued: int,
+    earlier: list[str],
+) -> None:
+    """Write the run record that marks the partition complete; a full (not incremental)
+    run then replaces what earlier runs wrote."""
     record = {
-        "run": run_id,
-        "model_version": version,
-        "checkpoint": config.checkpoint,
+        "run": result.partition.rstrip("/").rsplit("/", 1)[-1],
+        "model_version": result.model_version,
+        "checkpoint": checkpoint,
         "input": config.input,
         "incremental": config.incremental,
-        "tracks_in": tracks_in,
-        "skipped": skipped,
-        "labelled": labelled,
-        "continued": len(kept),  # tracks an interrupted attempt of this run had done
-        "errors": errors,
-        "seconds": round(seconds, 3),
+        "tracks_in": result.tracks_in,
+        "skipped": result.skipped,
+        "labelled": result.labelled,
+        "continued": continued,  # tracks an interrupted attempt of this run had done
+        "errors": result.errors,
+        "seconds": round(result.seconds, 3),
+        "plan": dataclasses.asdict(plan),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    storage.makedirs(partition)
-    storage.write_json_atomic(storage.join(partition, RUN_FILE), record)
-    if not config.incremental:  # a full run replaces what earlier runs wrote
+    storage.makedirs(result.partition)
+    storage.write_json_atomic(storage.join(result.partition, RUN_FILE), record)
+    if not config.incremental:
         for old in earlier:
             _delete_tree(old)
-    return LabelResult(
-        out=config.out,
-        partition=partition,
-        model_version=version,
-        tracks_in=tracks_in,
-        skipped=skipped,
-        labelled=labelled,
-        errors=errors,
-        seconds=seconds,
-        max_error_rate=config.max_error_rate,
-        samples=_samples(partition),
-    )
 
 
 def _write_labels(
+    ds: Any,
     config: LabelConfig,
-    spec: TokenSpec,
-    catalog: Catalog | None,
-    manifest: dict[str, Any] | None,
-    done: set[str],
+    plan: LabelPlan,
+    checkpoint: str,
+    dataset_tags: list[str] | None,
     partition: str,
-) -> tuple[int, int, int]:
-    """Run the label dataset into ``partition``: (tracks in, skipped, labelled)."""
+) -> None:
+    """Run the model actors over ``ds`` and write their rows into ``partition``."""
     import ray
 
-    if catalog is not None:
-        tracks = catalog.tracks[~catalog.tracks["track_id"].isin(done)]
-        tracks_in = len(catalog.tracks)
-        write_catalog_problems(storage.join(partition, "errors"), catalog, set())
-        chunks = [
-            tracks.iloc[i : i + config.resources.shard_size].reset_index(drop=True)
-            for i in range(0, len(tracks), config.resources.shard_size)
-        ]
-        todo = len(tracks)
-        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
-            decode_for_label,  # type: ignore[arg-type]
-            batch_size=None,
-            batch_format="pandas",
-            num_cpus=1,
-            # Decoding declares its memory: remote arguments unlike the model actor's
-            # keep it a stage of its own, on every free CPU. Ray Data otherwise fuses a
-            # task stage into the actor stage after it, and one actor decodes alone.
-            memory=decode_task_memory(spec, config.resources.shard_size),
-            fn_kwargs={
-                "spec": spec.to_dict(),
-                "errors_dir": storage.join(partition, "errors"),
-                "min_duration_s": config.min_duration_s,
-                "allow_silent": config.allow_silent,
-            },
-        )
-    else:
-        assert manifest is not None  # from shards
-        columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
-        columns += _optional_shard_columns(config.input, ["clip_start_s", "tag_idx"])
-        ds = read_parquet_files(
-            storage.file_sizes(storage.join(config.input, "shards"), suffix=".parquet"),
-            columns=columns,
-            num_cpus=config.resources.read_cpus,
-            concurrency=plan_reads(config, actors=config.resources.actors or 1),
-            drop_ids=done,  # labelled by this model version in an earlier run
-        )
-        tracks_in = int(manifest["counts"]["rows"])
-        todo = tracks_in - len(done)
-    skipped = tracks_in - todo
-    labelled = 0
-    if todo:
-        use_gpu = config.resources.gpu_share > 0
-        cpus = config.resources.cpus_per_actor or 1.0  # set by run_label's plan
-        labels = ds.map_batches(
-            Labeller,
-            fn_constructor_kwargs={
-                "checkpoint": config.checkpoint,
-                "top_k": config.top_k,
-                "moments": config.moments,
-                "device": "cuda" if use_gpu else config.resources.device,
-                "threads": config.resources.torch_threads or max(1, math.ceil(cpus)),
-                "model_batch": config.resources.model_batch,
-                "dataset_tags": manifest["labels"].get("tags") if manifest else None,
-            },
-            batch_size=config.resources.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=config.resources.actors),
-            num_cpus=cpus,
-            num_gpus=config.resources.gpu_share if use_gpu else None,
-        )
-        # The job's own process writes the label files as the rows stream in: label rows
-        # are small (about 350 bytes a track), and a write stage of tasks started a
-        # worker process for each file once the actors held every idle worker, its
-        # 140 MiB heap coming and going beside them (bench/RESULTS.md). Each file is
-        # written whole or not at all; the run record marks the partition complete.
-        first = len(storage.list_files(partition, suffix=".parquet"))  # a continued run's
-        for i, batch in enumerate(
-            labels.iter_batches(batch_size=config.rows_per_file, batch_format="pyarrow"),
-            start=first,
-        ):
-            assert isinstance(batch, pa.Table)
-            storage.write_parquet_atomic(batch, storage.join(partition, f"labels-{i:05d}.parquet"))
-            labelled += batch.num_rows
-    return tracks_in, skipped, labelled
+    labels = ds.map_batches(
+        Labeller,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "top_k": config.top_k,
+            "moments": config.moments,
+            "device": plan.device,
+            "threads": plan.torch_threads,
+            "model_batch": plan.model_batch,
+            "dataset_tags": dataset_tags,
+        },
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor or None,
+    )
+    # The job's own process writes the label files as the rows stream in: label rows
+    # are small (about 350 bytes a track), and a write stage of tasks started a
+    # worker process for each file once the actors held every idle worker, its
+    # 140 MiB heap coming and going beside them (bench/RESULTS.md). Each file is
+    # written whole or not at all; the run record marks the partition complete.
+    first = len(storage.list_files(partition, suffix=".parquet"))  # a continued run's
+    for i, batch in enumerate(
+        labels.iter_batches(batch_size=config.rows_per_file, batch_format="pyarrow"),
+        start=first,
+    ):
+        assert isinstance(batch, pa.Table)
+        storage.write_parquet_atomic(batch, storage.join(partition, f"labels-{i:05d}.parquet"))
 
 
 def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:

@@ -150,29 +150,8 @@ def test_incremental_runs_label_only_new_tracks_exactly_once(
     assert len(complete_partitions(str(out))) == 3  # the night with nothing new added none
 
 
-class PlanRecorder(logging.Handler):
-    """Collects the execution plans Ray Data logs (its loggers do not propagate)."""
-
-    logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.text = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "Execution plan" in record.getMessage():
-            self.text += record.getMessage() + "\n"
-
-    def __enter__(self) -> PlanRecorder:
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
-
-
 def test_bad_audio_becomes_error_rows(
-    trained_checkpoint: str, dataset: Path, tmp_path: Path
+    trained_checkpoint: str, dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = dataset.parent / "catalog" / "manifest.csv"
     good = pd.read_csv(source).head(3)
@@ -192,19 +171,24 @@ def test_bad_audio_becomes_error_rows(
     )
     catalog = tmp_path / "catalog.csv"
     pd.concat([good, bad]).to_csv(catalog, index=False)
-    plans = PlanRecorder()
-    with plans:
-        result = label(
-            trained_checkpoint,
-            catalog,
-            tmp_path / "labels",
-            "max_error_rate=0.9",
-            "resources.cpus_per_actor=1",  # the decode tasks' CPUs: still two stages
-        )
+    config = load_config(
+        LabelConfig,
+        overrides=["max_error_rate=0.9", "resources.cpus_per_actor=1"],
+        checkpoint=trained_checkpoint,
+        input=str(catalog),
+        out=str(tmp_path / "labels"),
+    )
+    before = repr(config)
+    with caplog.at_level(logging.INFO, logger="genreflow.pipelines.label"):
+        result = run_label(config)
     assert result.labelled == 3 and result.errors == 4 and not result.failed
-    # decoding is a task stage of its own (on every free CPU), not fused into the actors
-    assert "TaskPoolMapOperator[MapBatches(decode_for_label)] -> " in plans.text
-    assert "ActorPoolMapOperator[MapBatches(Labeller)]" in plans.text
+    # the plan is one log line and the run record's; the config stays as the user gave it
+    assert repr(config) == before and config.resources.actors is None
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("label plan")]
+    assert "7 tracks from audio" in line and "1 CPU" in line
+    record = json.loads((Path(result.partition) / RUN_FILE).read_text())
+    assert record["plan"]["source"] == "audio" and record["plan"]["cpus_per_actor"] == 1
+    assert record["plan"]["actors"] == 1 and record["checkpoint"] == trained_checkpoint
     errors = pq.read_table(Path(result.partition) / "errors").to_pandas()
     assert dict(zip(errors["track_id"], errors["kind"], strict=True)) == {
         "corrupt": "undecodable",
