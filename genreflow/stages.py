@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genreflow.config import load_config
+from genreflow.model_registry import model_names
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,7 @@ STAGES: dict[str, Stage] = {
             (
                 DATA,
                 Flag("--out", "run folder (local or s3://)"),
-                Flag(
-                    "--model",
-                    "signature_attention | multitask_attention_cnn | multimodal_han | baseline_cnn",
-                ),
+                Flag("--model", " | ".join(model_names())),
                 Flag("--resume", "continue the run in --out", switch=True),
             ),
         ),
@@ -159,7 +157,7 @@ STAGES: dict[str, Stage] = {
             (
                 DATA,
                 Flag("--out", "comparison folder"),
-                Flag("--models", "comma-separated model names (default: all four)", kind=_models),
+                Flag("--models", "comma-separated model names (default: every one)", kind=_models),
                 Flag("--folds", "k-fold CV per model", kind=int),
             ),
             report="genreflow.pipelines.compare:table_text",

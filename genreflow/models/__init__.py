@@ -1,13 +1,16 @@
-"""The four models of the papers, chosen by name. See :mod:`genreflow.models.base`."""
+"""The models, chosen by name: the four of the papers and any other in
+:mod:`genreflow.model_registry`. See :mod:`genreflow.models.base`."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from genreflow.errors import ConfigError
+from genreflow.model_registry import registered
 from genreflow.models.base import GenreModel, ModelOutput, count_parameters
 from genreflow.models.baseline_cnn import BaselineCNN
 from genreflow.models.multimodal_han import MultimodalHAN
@@ -15,8 +18,17 @@ from genreflow.models.multitask_attention_cnn import MultitaskAttentionCNN
 from genreflow.models.signature_attention import SignatureAttention
 from genreflow.tokens import TokenSpec
 
+
+def _load(name: str, target: str) -> type[GenreModel]:
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, GenreModel)) or cls.name != name:
+        raise ConfigError(f"model {name!r} ({target}) is not a GenreModel named {name!r}")
+    return cls
+
+
 MODELS: dict[str, type[GenreModel]] = {
-    cls.name: cls for cls in (SignatureAttention, MultitaskAttentionCNN, MultimodalHAN, BaselineCNN)
+    name: _load(name, target) for name, target in registered().items()
 }
 
 

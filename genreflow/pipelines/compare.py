@@ -21,7 +21,8 @@ from genreflow import storage
 from genreflow.config import path_field
 from genreflow.entry import first_line, mark_started
 from genreflow.errors import ConfigError
-from genreflow.models import MODELS, model_class
+from genreflow.model_registry import model_names
+from genreflow.models import model_class
 from genreflow.train import TrainConfig, finished_run
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class CompareConfig:
 
     data: str = path_field("input")  # a finished ingest output folder
     out: str = path_field("output")  # comparison.md, comparison.csv, runs/<model>/
-    models: list[str] = field(default_factory=lambda: sorted(MODELS))
+    models: list[str] = field(default_factory=model_names)  # every registered model
     folds: int = 0  # k-fold cross-validation per model over the training split; 0: off
     train: TrainConfig = field(default_factory=TrainConfig)  # the shared protocol
 
