@@ -99,6 +99,8 @@ class LabelConfig:
     min_duration_s: float = 1.0
     allow_silent: bool = False
     max_error_rate: float = 0.2
+    compact_after: int = 8  # incremental runs: once a model version has more finished
+    # partitions than this, all but the largest are merged into one (0: never)
     audio_root: str | None = path_field("input", None)
     audio_dir: str | None = path_field("input", None)
     fma_subset: str = "medium"
@@ -109,6 +111,8 @@ class LabelConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.compact_after < 0:
+            raise ConfigError(f"compact_after must be >= 0 (0: never), got {self.compact_after}")
 
 
 def resolve_gpus(config: LabelConfig, *, present: float, possible: float | None) -> float:
@@ -488,6 +492,13 @@ def _number(value: Any) -> float:
     except (TypeError, ValueError):
         return 0.0
     return number if math.isfinite(number) else 0.0
+
+
+def concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches of columns (``decode_for_label``'s) joined into one."""
+    if len(parts) == 1:
+        return parts[0]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def decode_for_label(

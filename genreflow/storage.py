@@ -264,6 +264,17 @@ def read_parquet_columns(uris: list[str], columns: list[str]) -> Iterator[pa.Tab
         yield read_parquet(uri, columns)
 
 
+def delete_tree(uri: str) -> None:
+    """Delete folder ``uri`` and everything in it (nothing if it is not there)."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot delete {uri!r}: {exc}") from exc
+
+
 def delete(uri: str) -> None:
     fs, path = resolve(uri)
     try:

@@ -103,7 +103,7 @@ def publish(out: str, version: str, info: dict[str, Any], *, keep: int) -> None:
     for old in list_versions(out):
         if old not in history[-keep:]:
             log.info("removing index version %s", old)
-            _delete_tree(storage.join(out, old))
+            storage.delete_tree(storage.join(out, old))
 
 
 def list_versions(out: str) -> list[str]:
@@ -114,12 +114,6 @@ def list_versions(out: str) -> list[str]:
         for i in infos
         if i.type == pafs.FileType.Directory and i.base_name.startswith("v-")
     )
-
-
-def _delete_tree(uri: str) -> None:
-    fs, path = storage.resolve(uri)
-    with contextlib.suppress(FileNotFoundError):
-        fs.delete_dir(path)
 
 
 @dataclass

@@ -12,11 +12,15 @@ input continues it (its label files are kept), any other run removes it.
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from genreflow import storage
+from genreflow import faultpoints, storage
 from genreflow.errors import GenreflowError
 
 RUN_FILE = "_run.json"
@@ -53,8 +57,119 @@ LABELS_SCHEMA = pa.schema(LABELS_SCHEMA_FIELDS)
 
 
 def complete_partitions(out: str) -> list[str]:
-    """Partitions of ``out`` that finished (hold a run record), oldest first."""
-    return [p for p in partitions(out) if storage.exists(storage.join(p, RUN_FILE))]
+    """Partitions of ``out`` that finished (hold a run record), oldest first, less those a
+    finished compaction merged (their rows are in its partition; see :func:`compact`)."""
+    return [p for p, _ in finished_runs(out)]
+
+
+def finished_runs(out: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each complete partition with its run record, oldest first (see
+    :func:`complete_partitions`)."""
+    finished = []
+    for part in partitions(out):
+        record_uri = storage.join(part, RUN_FILE)
+        if storage.exists(record_uri):
+            finished.append((part, storage.read_json(record_uri)))
+    merged = {name for _, record in finished for name in record.get("compacted_from", [])}
+    return [(p, r) for p, r in finished if _name(p) not in merged]
+
+
+def _name(partition: str) -> str:
+    return partition.rstrip("/").rsplit("/", 1)[-1]
+
+
+def drop_merged(out: str) -> None:
+    """Delete finished partitions a compaction merged but could not delete (it was cut
+    short after its own run record): readers skip them already."""
+    finished = {_name(p): p for p in partitions(out) if storage.exists(storage.join(p, RUN_FILE))}
+    kept = {_name(p) for p in complete_partitions(out)}
+    for name in sorted(set(finished) - kept):
+        storage.delete_tree(finished[name])
+
+
+def compact(out: str, version: str, *, after: int, rows_per_file: int) -> str | None:
+    """Merge the finished partitions of model ``version`` once there are more than
+    ``after`` of them: every one but the largest becomes one new partition, its rows in
+    files of ``rows_per_file``; returns it (None: nothing to do).
+
+    A year of nightly incremental runs thus stays a handful of partitions and files for
+    every reader instead of 365. The new partition's run record names the partitions it
+    merged (``compacted_from``) and is written before they are deleted: cut short
+    before it, the new partition is an interrupted run's (the next run removes it);
+    after it, readers skip the merged ones (:func:`complete_partitions`) and the next
+    compaction deletes them (:func:`drop_merged`). Streams one file at a time.
+    """
+    drop_merged(out)
+    runs = [(p, r) for p, r in finished_runs(out) if r.get("model_version") == version]
+    if after < 1 or len(runs) <= after:
+        return None
+    largest = max(runs, key=lambda run: int(run[1].get("labelled", 0)))
+    sources = [run for run in runs if run is not largest]
+    name = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-compact-{uuid.uuid4().hex[:6]}"
+    target = storage.join(out, name)
+    labelled = _rewrite(
+        [f for p, _ in sources for f in storage.list_files(p, suffix=".parquet")],
+        target,
+        "labels",
+        rows_per_file,
+    )
+    errors = _rewrite(
+        [
+            f
+            for p, _ in sources
+            for f in storage.list_files(storage.join(p, "errors"), suffix=".parquet")
+        ],
+        storage.join(target, "errors"),
+        "errors",
+        rows_per_file,
+    )
+    newest = sources[-1][1]
+    record = {
+        "run": name,
+        "model_version": version,
+        "checkpoint": newest.get("checkpoint"),
+        "input": newest.get("input"),
+        "incremental": True,
+        "tracks_in": sum(int(r.get("tracks_in", 0)) for _, r in sources),
+        "skipped": 0,
+        "labelled": labelled,
+        "continued": 0,
+        "errors": errors,
+        "seconds": 0.0,
+        "compacted_from": [_name(p) for p, _ in sources],
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    storage.makedirs(target)
+    storage.write_json_atomic(storage.join(target, RUN_FILE), record)
+    faultpoints.reached("labels:compacted-before-cleanup")
+    drop_merged(out)
+    return target
+
+
+def _rewrite(files: list[str], folder: str, stem: str, rows_per_file: int) -> int:
+    """The rows of ``files`` again, in files of ``rows_per_file`` rows in ``folder``
+    (each written whole); returns the row count. Holds at most one file and one output
+    file's rows."""
+    buffered: list[pa.Table] = []
+    rows = written = 0
+    for uri in files:
+        table = storage.read_parquet(uri)
+        buffered.append(table)
+        rows += table.num_rows
+        while rows >= rows_per_file:
+            merged = pa.concat_tables(buffered, promote_options="default")
+            _write_part(merged.slice(0, rows_per_file), folder, stem, written // rows_per_file)
+            written += rows_per_file
+            buffered, rows = [merged.slice(rows_per_file)], rows - rows_per_file
+    if rows:
+        merged = pa.concat_tables(buffered, promote_options="default")
+        _write_part(merged, folder, stem, written // rows_per_file)
+        written += rows
+    return written
+
+
+def _write_part(table: pa.Table, folder: str, stem: str, index: int) -> None:
+    storage.write_parquet_atomic(table, storage.join(folder, f"{stem}-{index:05d}.parquet"))
 
 
 def partitions(out: str) -> list[str]:
@@ -101,10 +216,10 @@ def label_files(labels: str, version: str | None) -> tuple[list[str], str, str |
     Raises:
         GenreflowError: no finished partitions, or none of that version.
     """
-    parts = complete_partitions(labels)
-    if not parts:
+    runs = finished_runs(labels)
+    if not runs:
         raise GenreflowError(f"no finished label runs in {labels!r}: run `genreflow label` first")
-    records = [storage.read_json(storage.join(p, RUN_FILE)) for p in parts]
+    parts, records = [p for p, _ in runs], [r for _, r in runs]
     if version is None:
         version = str(records[-1]["model_version"])
     chosen = [p for p, r in zip(parts, records, strict=True) if r["model_version"] == version]

@@ -31,6 +31,7 @@ from genreflow.ingest import (
 )
 from genreflow.ray_compat import single_operator_resources
 from genreflow.runtime import check_cluster_reachable, init_ray
+from genreflow.worklist import WORKLIST_FILE, read_group, worklist_dataset, write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +141,28 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     tracks = catalog.tracks
     finished = tracks["track_id"].isin(state.done_ids | state.error_ids)
     todo = tracks[~finished]
-    log.info(
-        "ingest: %d tracks in catalog, %d already done, %d to do",
-        len(tracks),
-        finished.sum(),
-        len(todo),
+    tracks_in, skipped, notes = (
+        len(tracks) + len(catalog.problems),
+        int(finished.sum()),
+        catalog.notes,
     )
+    log.info(
+        "ingest: %d tracks in catalog, %d already done, %d to do", len(tracks), skipped, len(todo)
+    )
+    groups = write_worklist(shard_chunks(todo, config.shard_size), _worklist(config))
+    # from here the catalog is a file the tasks read: the driver lets go of it
+    del catalog, tracks, todo, finished
+    state.done_ids.clear()
     rows_written, process_seconds = 0, 0.0
-    if len(todo):
+    if groups:
         init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
-        rows_written, process_seconds = _run_shards(todo, config, state, errors_by_kind)
+        rows_written, process_seconds = _run_shards(groups, config, state, errors_by_kind)
+    storage.delete(_worklist(config))
     seconds = time.perf_counter() - start
     result = IngestResult(
         out=config.out,
-        tracks_in=len(tracks) + len(catalog.problems),
-        skipped=int(finished.sum()),
+        tracks_in=tracks_in,
+        skipped=skipped,
         rows_written=rows_written,
         errors_by_kind=errors_by_kind,
         seconds=seconds,
@@ -174,7 +182,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
                 "seconds": round(seconds, 3),
                 "error_rate_exceeded": result.failed,
                 # repaired or dropped at catalog level: bad valence, lyrics, ...
-                "catalog_notes": dict(sorted(catalog.notes.items())),
+                "catalog_notes": dict(sorted(notes.items())),
             }
         },
     )
@@ -196,22 +204,32 @@ def shard_chunks(todo: pd.DataFrame, size: int) -> list[pd.DataFrame]:
     return chunks
 
 
-def _run_shards(
-    todo: pd.DataFrame, config: IngestConfig, state: OutputState, errors_by_kind: Counter[str]
-) -> tuple[int, float]:
-    """Fan the tracks out as one Ray Data task per shard; returns (rows, seconds)."""
-    import ray
+def _worklist(config: IngestConfig) -> str:
+    return storage.join(config.out, WORKLIST_FILE)
 
-    chunks = shard_chunks(todo, config.shard_size)
+
+def ingest_shards(groups: pd.DataFrame, *, worklist: str, **kwargs: Any) -> pd.DataFrame:
+    """The Ray task: each work-list group in ``groups["id"]`` becomes a shard
+    (:func:`genreflow.ingest.ingest_shard`); their per-track summaries."""
+    frames = [ingest_shard(read_group(worklist, int(i)), **kwargs) for i in groups["id"]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _run_shards(
+    groups: int, config: IngestConfig, state: OutputState, errors_by_kind: Counter[str]
+) -> tuple[int, float]:
+    """Fan the work list's groups out as one Ray Data task per shard; returns (rows,
+    seconds)."""
     rows_written = 0
     start = time.perf_counter()
     with single_operator_resources():  # one operator: no reservation for others
-        dataset = ray.data.from_pandas(chunks).map_batches(
-            ingest_shard,  # type: ignore[arg-type]
+        dataset = worklist_dataset(groups).map_batches(
+            ingest_shards,
             batch_size=None,  # one block = one shard = one task
             batch_format="pandas",
             num_cpus=1,
             fn_kwargs={
+                "worklist": _worklist(config),
                 "out": config.out,
                 "spec": config.spec.to_dict(),
                 "vocabulary": state.vocabulary,

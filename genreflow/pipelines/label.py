@@ -13,7 +13,6 @@ does its tracks again, so every track is labelled exactly once per model version
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from genreflow import checkpoint as ckpt
@@ -34,7 +35,9 @@ from genreflow.formats.dataset import DATASET_FILE, read_dataset_manifest
 from genreflow.formats.labels import (
     RUN_FILE,
     STARTED_FILE,
+    compact,
     complete_partitions,
+    drop_merged,
     labelled_by,
     partitions,
     track_ids,
@@ -44,6 +47,7 @@ from genreflow.label import (
     LabelConfig,
     Labeller,
     LabelPlan,
+    concat_columns,
     decode_for_label,
     model_seconds_per_track,
     plan_label,
@@ -58,6 +62,7 @@ from genreflow.runtime import (
     read_parquet_files,
 )
 from genreflow.tokens import TokenSpec, check_same_spec
+from genreflow.worklist import WORKLIST_FILE, read_group, worklist_dataset, write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +98,6 @@ class LabelResult:
         return text
 
 
-def _delete_tree(uri: str) -> None:
-    fs, path = storage.resolve(uri)
-    with contextlib.suppress(FileNotFoundError):
-        fs.delete_dir(path)
-
-
 def _continue_or_clear(out: str, started: dict[str, Any]) -> str | None:
     """The newest interrupted partition of ``out`` whose run labelled with the same model
     version and input (``started``), to continue; every other interrupted partition is
@@ -112,7 +111,7 @@ def _continue_or_clear(out: str, started: dict[str, Any]) -> str | None:
             chosen = stale
             continue
         log.warning("removing %s: an interrupted run left it without %s", stale, RUN_FILE)
-        _delete_tree(stale)
+        storage.delete_tree(stale)
     return chosen
 
 
@@ -125,14 +124,17 @@ def decode_task_memory(spec: TokenSpec, tracks: int) -> int:
 
 class LabelSource:
     """What a run labels: an ingest output's shards, or any catalog form decoded on the
-    fly. :meth:`tokens` makes either one dataset of decoded tokens for the model actors."""
+    fly. :meth:`tokens` makes either one dataset of decoded tokens for the model actors
+    (a catalog's rows go to a work list, and the source lets go of them)."""
 
     def __init__(self, config: LabelConfig, spec: TokenSpec, checkpoint: str) -> None:
         self.uri = config.input
         self.spec = spec
         self.manifest: dict[str, Any] | None = None
         self.catalog: Catalog | None = None
+        self.kind: Literal["shards", "audio"] = "audio"
         if storage.exists(storage.join(config.input, DATASET_FILE)):
+            self.kind = "shards"
             self.manifest = read_dataset_manifest(config.input)
             check_same_spec(
                 spec,
@@ -148,17 +150,11 @@ class LabelSource:
                 require_genre=False,
                 audio_root=config.audio_root,
             )
-
-    @property
-    def kind(self) -> Literal["shards", "audio"]:
-        return "shards" if self.manifest is not None else "audio"
-
-    @property
-    def tracks(self) -> int:
-        if self.catalog is not None:
-            return len(self.catalog.tracks)
-        assert self.manifest is not None
-        return int(self.manifest["counts"]["rows"])
+        self.tracks = (
+            int(self.manifest["counts"]["rows"])
+            if self.manifest is not None
+            else len(self.catalog.tracks)  # type: ignore[union-attr]
+        )
 
     @property
     def dataset_tags(self) -> list[str] | None:
@@ -170,9 +166,7 @@ class LabelSource:
     ) -> tuple[Any, int]:
         """The dataset of decoded tokens of the tracks not in ``skip``, and their count.
         A catalog's refused rows and undecodable tracks become error rows of ``partition``."""
-        import ray
-
-        if self.catalog is None:
+        if self.kind == "shards":
             columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
             columns += _optional_shard_columns(self.uri, ["clip_start_s", "tag_idx"])
             ds = read_parquet_files(
@@ -183,15 +177,17 @@ class LabelSource:
                 drop_ids=skip,  # labelled by this model version in an earlier run
             )
             return ds, self.tracks - len(skip)
+        assert self.catalog is not None, "a catalog's tokens are made once"
         errors = storage.join(partition, "errors")
         write_catalog_problems(errors, self.catalog, set())
         tracks = self.catalog.tracks[~self.catalog.tracks["track_id"].isin(skip)]
         size = config.resources.shard_size
-        chunks = [
-            tracks.iloc[i : i + size].reset_index(drop=True) for i in range(0, len(tracks), size)
-        ]
-        ds = ray.data.from_pandas(chunks or [tracks]).map_batches(
-            decode_for_label,  # type: ignore[arg-type]
+        chunks = [tracks.iloc[i : i + size] for i in range(0, len(tracks), size)]
+        worklist = storage.join(partition, WORKLIST_FILE)
+        groups = write_worklist(chunks, worklist)
+        self.catalog = None  # the tasks read the work list: the driver lets go of the rows
+        ds = worklist_dataset(groups).map_batches(
+            decode_for_label_groups,
             batch_size=None,
             batch_format="pandas",
             num_cpus=1,
@@ -200,6 +196,7 @@ class LabelSource:
             # task stage into the actor stage after it, and one actor decodes alone.
             memory=decode_task_memory(self.spec, size),
             fn_kwargs={
+                "worklist": worklist,
                 "spec": self.spec.to_dict(),
                 "errors_dir": errors,
                 "min_duration_s": config.min_duration_s,
@@ -207,6 +204,15 @@ class LabelSource:
             },
         )
         return ds, len(tracks)
+
+
+def decode_for_label_groups(
+    groups: pd.DataFrame, *, worklist: str, **kwargs: Any
+) -> dict[str, np.ndarray]:
+    """The Ray task: the work-list groups in ``groups["id"]`` decoded for the model actors
+    (:func:`genreflow.label.decode_for_label`)."""
+    parts = [decode_for_label(read_group(worklist, int(i)), **kwargs) for i in groups["id"]]
+    return concat_columns(parts)
 
 
 def run_label(config: LabelConfig) -> LabelResult:
@@ -245,6 +251,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         ds, todo = source.tokens(config, plan, skip=done | kept, partition=partition)
         if todo:
             _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition)
+    storage.delete(storage.join(partition, WORKLIST_FILE))
     skipped = source.tracks - todo - len(kept - done)  # kept: this run's, done before a cut
     labelled = sum(t.num_rows for t in storage.read_parquet_columns(
         storage.list_files(partition, suffix=".parquet"), ["track_id"]
@@ -265,10 +272,16 @@ def run_label(config: LabelConfig) -> LabelResult:
     if config.incremental and not (labelled or errors or kept):
         # a nightly run with nothing new leaves the labels as they were: a year of such
         # nights adds no empty partitions for every reader to list
-        _delete_tree(partition)
+        storage.delete_tree(partition)
         log.info("incremental: every track is labelled by %s already; nothing written", version)
         return dataclasses.replace(result, partition="")
     _finish_partition(config, result, checkpoint, plan, continued=len(kept), earlier=earlier)
+    if config.incremental:
+        merged = compact(
+            config.out, version, after=config.compact_after, rows_per_file=config.rows_per_file
+        )
+        if merged:
+            log.info("compacted the finished partitions of %s into %s", version, merged)
     return dataclasses.replace(result, samples=_samples(partition))
 
 
@@ -278,6 +291,7 @@ def _open_partition(
     """The partition this run writes (an interrupted one of the same model and input, or a
     new one), the tracks it holds already, the tracks earlier runs labelled with this
     model version (incremental runs skip them) and the earlier complete partitions."""
+    drop_merged(config.out)  # what a compaction cut short left behind
     partition = _continue_or_clear(config.out, started)
     earlier = complete_partitions(config.out)
     done = labelled_by(earlier, started["model_version"]) if config.incremental else set()
@@ -287,7 +301,7 @@ def _open_partition(
         kept |= track_ids(storage.list_files(storage.join(partition, "errors"), suffix=".parquet"))
         if kept & done:  # not what that run could have written: start over
             log.warning("removing %s: it repeats tracks of finished runs", partition)
-            _delete_tree(partition)
+            storage.delete_tree(partition)
             partition, kept = None, set()
     if partition is None:
         run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -345,7 +359,7 @@ def _finish_partition(
     storage.write_json_atomic(storage.join(result.partition, RUN_FILE), record)
     if not config.incremental:
         for old in earlier:
-            _delete_tree(old)
+            storage.delete_tree(old)
 
 
 def _write_labels(

@@ -148,6 +148,13 @@ def test_incremental_runs_label_only_new_tracks_exactly_once(
     labels = read_labels(str(out))
     assert labels["track_id"].is_unique and len(labels) == 20
     assert len(complete_partitions(str(out))) == 3  # the night with nothing new added none
+    # past compact_after finished partitions, a night merges all but the largest
+    fifth = label(trained_checkpoint, write_catalog(tmp_path, source, 22), out,
+                  "incremental=true", "compact_after=2")  # fmt: skip
+    assert fifth.labelled == 2
+    assert len(complete_partitions(str(out))) == 2 and len(list(out.glob("run-*"))) == 2
+    labels = read_labels(str(out))
+    assert labels["track_id"].is_unique and len(labels) == 22
 
 
 def test_bad_audio_becomes_error_rows(
