@@ -26,6 +26,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from genreflow import storage
 from genreflow.errors import CatalogError
@@ -51,6 +54,7 @@ FMA_SUBSETS = ("small", "medium", "large", "full")  # each contains the one befo
 # (fma_large's 30 s clips are cut from fma_full's whole tracks)
 FMA_SUBSET_VALUES = ("small", "medium", "large")
 FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
+TEXT = pd.StringDtype("pyarrow")  # catalog text columns: Arrow buffers, not a str per cell
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 MAX_URI_CHARS = 4096
 MAX_LYRICS_CHARS = 20_000
@@ -208,34 +212,12 @@ def read_fma(
         raise CatalogError(f"FMA subset must be one of {FMA_SUBSETS}, got {subset!r}")
     meta = Path(metadata_dir)
     tracks = read_fma_tracks(meta / "tracks.csv")
-    tracks, all_ids, problems = _fma_track_ids(tracks)
-    if subset == "full":
-        in_subset = np.ones(len(tracks), dtype=bool)
-    else:
+    keep, numbers, problems = _fma_track_ids(tracks.index)
+    if subset != "full":
         allowed = FMA_SUBSET_VALUES[: FMA_SUBSET_VALUES.index(subset) + 1]
-        in_subset = tracks[("set", "subset")].isin(allowed).to_numpy()
-    tracks = tracks[in_subset]
-    ids = [t for t, keep in zip(all_ids, in_subset, strict=True) if keep]
-    genre = tracks[("track", "genre_top")].astype("string")
-    out = pd.DataFrame(
-        {
-            "track_id": [str(t) for t in ids],
-            "uri": [fma_audio_path(audio_dir, t) for t in ids],
-            "genre": genre.to_numpy(),
-            "genres": None,
-            "artist_id": tracks[("artist", "id")].astype("string").to_numpy(),
-            "lyrics": pd.Series([None] * len(tracks), dtype="string").to_numpy(),
-            "valence": np.nan,
-            "split": (
-                tracks[("set", "split")].map(FMA_SPLITS).to_numpy() if use_fma_split else None
-            ),
-            "declared_duration_s": (
-                pd.to_numeric(tracks[("track", "duration")], errors="coerce").to_numpy(float)
-                if ("track", "duration") in tracks.columns
-                else np.nan
-            ),
-        }
-    )
+        keep &= tracks[("set", "subset")].isin(allowed).to_numpy(dtype=bool, na_value=False)
+    tracks = tracks[keep]
+    out = _fma_frame(tracks, numbers[keep], audio_dir, use_fma_split=use_fma_split)
     notes: dict[str, int] = {}
     taxonomy: Taxonomy | None = None
     genres_csv = meta / "genres.csv"
@@ -254,20 +236,61 @@ def read_fma(
         )  # fmt: skip
     echonest_csv = meta / "echonest.csv"
     if echonest_csv.is_file():
-        echonest = pd.read_csv(echonest_csv, index_col=0, header=[0, 1, 2])
-        key = ("echonest", "audio_features", "valence")
-        if key in echonest.columns:
-            valence = pd.to_numeric(echonest[key], errors="coerce")
-            numeric = pd.to_numeric(pd.Series(echonest.index), errors="coerce").to_numpy()
-            whole = np.isfinite(numeric) & (numeric == np.floor(numeric))
-            valence = valence[whole]
-            valence.index = pd.Index([str(int(i)) for i in numeric[whole]])
-            valence = valence[~valence.index.duplicated(keep="first")]
-            out["valence"] = out["track_id"].map(valence).astype(float)
+        out["valence"] = _fma_valence(echonest_csv, out["track_id"])
     out = _normalise(out)
     _clean_valence(out, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
     return Catalog(tracks=out, problems=problem_df, notes=notes, taxonomy=taxonomy)
+
+
+def _fma_frame(
+    tracks: pd.DataFrame, numbers: np.ndarray, audio_dir: str | Path, *, use_fma_split: bool
+) -> pd.DataFrame:
+    """The catalog rows of ``tracks`` (track ids ``numbers``), built column by column in
+    Arrow: no Python object per cell."""
+    track_id = pa.array(numbers)
+    padded = pc.utf8_lpad(pc.cast(track_id, pa.string()), 6, "0")
+    folder = os.path.join(str(audio_dir), "")  # FMA's layout: 2 -> <dir>/000/000002.mp3
+    uri = pc.binary_join_element_wise(folder, pc.utf8_slice_codeunits(padded, 0, 3), "/", "")
+    uri = pc.binary_join_element_wise(uri, padded, ".mp3", "")
+    out = pd.DataFrame(
+        {
+            "track_id": pd.array(pc.cast(track_id, pa.string()), dtype=TEXT),
+            "uri": pd.array(uri, dtype=TEXT),
+            "genre": tracks[("track", "genre_top")].to_numpy(),
+            "genres": None,
+            "artist_id": tracks[("artist", "id")].to_numpy(),
+            "lyrics": pd.array([None] * len(tracks), dtype=TEXT),
+            "valence": np.nan,
+            "split": (
+                tracks[("set", "split")].map(FMA_SPLITS).astype(TEXT).to_numpy()
+                if use_fma_split
+                else None
+            ),
+            "declared_duration_s": (
+                pd.to_numeric(tracks[("track", "duration")], errors="coerce").to_numpy(float)
+                if ("track", "duration") in tracks.columns
+                else np.nan
+            ),
+        }
+    )
+    return out
+
+
+def _fma_valence(echonest_csv: Path, track_ids: pd.Series) -> np.ndarray | float:
+    """Each track's ``('echonest', 'audio_features', 'valence')`` (NaN where echonest.csv,
+    three header rows, has none; about 13k of FMA's tracks have one)."""
+    echonest = pd.read_csv(echonest_csv, index_col=0, header=[0, 1, 2])
+    key = ("echonest", "audio_features", "valence")
+    if key not in echonest.columns:
+        return np.nan
+    valence = pd.to_numeric(echonest[key], errors="coerce")
+    numeric = pd.to_numeric(pd.Series(echonest.index), errors="coerce").to_numpy()
+    whole = np.isfinite(numeric) & (numeric == np.floor(numeric))
+    valence = valence[whole]
+    valence.index = pd.Index([str(int(i)) for i in numeric[whole]])
+    valence = valence[~valence.index.duplicated(keep="first")]
+    return track_ids.map(valence).astype(float).to_numpy()
 
 
 def _fma_genre_lists(
@@ -276,28 +299,37 @@ def _fma_genre_lists(
     """Each track's genre titles: ``genres_all`` and ``genres`` (ids as Python literal
     lists) mapped through ``genres.csv`` and closed under the hierarchy; None for a track
     with no genre at all (counted in ``notes``: ``no_genres``, ``genres_unparsable``,
-    ``genre_id_unknown``)."""
+    ``genre_id_unknown``). Each distinct pair of cells is parsed once and its list shared
+    by the tracks that have it (FMA has a few thousand pairs for 100k+ tracks)."""
     columns = [c for c in (("track", "genres_all"), ("track", "genres")) if c in tracks.columns]
     if not columns:
         notes["no_genres_column"] = len(tracks)
         return [None] * len(tracks)
-    cells = zip(*(tracks[c].to_numpy() for c in columns), strict=True)
-    out: list[list[str] | None] = []
-    for row in cells:
+    codes = [pd.factorize(tracks[c], use_na_sentinel=True) for c in columns]
+    pair = np.zeros(len(tracks), dtype=np.int64)
+    for c, uniques in codes:
+        pair = pair * (len(uniques) + 1) + (c + 1)  # 0: a missing cell
+    distinct, first, inverse, counts = np.unique(
+        pair, return_index=True, return_inverse=True, return_counts=True
+    )
+    lists: list[list[str] | None] = []
+    for row, count in zip(first, counts, strict=True):
         ids: list[int] = []
-        for cell in row:
+        for c, uniques in codes:
+            cell = uniques[c[row]] if c[row] >= 0 else None
             parsed = parse_id_list(cell)
-            if parsed is None and not (isinstance(cell, float) and np.isnan(cell)):
-                notes["genres_unparsable"] = notes.get("genres_unparsable", 0) + 1
+            if parsed is None and cell is not None:
+                notes["genres_unparsable"] = notes.get("genres_unparsable", 0) + int(count)
             ids.extend(parsed or [])
         known = [titles[i] for i in ids if i in titles]
         if len(known) < len(set(ids)):
-            notes["genre_id_unknown"] = notes.get("genre_id_unknown", 0) + 1
+            notes["genre_id_unknown"] = notes.get("genre_id_unknown", 0) + int(count)
         closed = taxonomy.close(known)
         if not closed:
-            notes["no_genres"] = notes.get("no_genres", 0) + 1
-        out.append(closed or None)
-    return out
+            notes["no_genres"] = notes.get("no_genres", 0) + int(count)
+        lists.append(closed or None)
+    del distinct
+    return [lists[i] for i in inverse.ravel()]
 
 
 FMA_FIRST_LINE = 4  # tracks.csv: two header rows and the index's name, then the tracks
@@ -334,61 +366,66 @@ def read_fma_tracks(path: Path) -> pd.DataFrame:
     wanted = [c for c in FMA_NEEDED + FMA_OPTIONAL if c in names]
     positions = [names.index(c) for c in wanted]
     index_row = len(head) == 3 and not any(head[2][1:])
+    include = ["0", *(str(i) for i in positions)]
     try:
-        table = pd.read_csv(
+        table = pacsv.read_csv(
             path,
-            header=None,
-            skiprows=3 if index_row else 2,
-            usecols=[0, *positions],
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
+            read_options=pacsv.ReadOptions(
+                skip_rows=3 if index_row else 2,
+                column_names=[str(i) for i in range(len(names))],
+                use_threads=False,
+                block_size=1 << 20,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=include,
+                column_types=dict.fromkeys(include, pa.string()),
+                strings_can_be_null=True,
+            ),
         )
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pa.ArrowInvalid, OSError) as exc:
         raise CatalogError(f"{path} is not FMA's tracks.csv: {exc}") from exc
-    table = table.set_index(0)[positions]  # the file's order -> FMA_NEEDED's order
-    table.columns = pd.MultiIndex.from_tuples(wanted)
-    table.index.name = "track_id"
-    return table
+    frame = table.to_pandas(types_mapper={pa.string(): TEXT}.get)
+    del table
+    frame = frame.set_index("0")[[str(i) for i in positions]]  # FMA_NEEDED's order
+    frame.columns = pd.MultiIndex.from_tuples(wanted)
+    frame.index.name = "track_id"
+    return frame
 
 
-def _fma_track_ids(tracks: pd.DataFrame) -> tuple[pd.DataFrame, list[int], list[dict[str, str]]]:
-    """The rows of ``tracks.csv`` whose track id is a whole number (the first row of a
-    repeated id), their ids, and a problem row naming each other row."""
-    numeric = pd.to_numeric(pd.Series(tracks.index, dtype=object), errors="coerce")
-    seen: set[int] = set()
-    keep: list[bool] = []
-    ids: list[int] = []
+def _fma_track_ids(raw: pd.Index) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Which rows of ``tracks.csv`` to keep: those whose track id is a whole number (the
+    first row of a repeated id); every row's id as an integer (0 where it is not one);
+    and a problem row naming each row not kept."""
+    numeric = pd.to_numeric(pd.Series(raw, dtype=TEXT), errors="coerce").to_numpy(
+        dtype=float, na_value=np.nan
+    )
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(numeric) & (numeric == np.floor(numeric)) & (numeric >= 0)
+        whole &= numeric < 2.0**62  # an id genreflow can hold as an integer
+    repeat = np.zeros(len(numeric), dtype=bool)
+    repeat[whole] = pd.Series(numeric[whole]).duplicated(keep="first").to_numpy()
+    keep = whole & ~repeat
     problems: list[dict[str, str]] = []
-    for line, (raw, value) in enumerate(
-        zip(tracks.index, numeric.to_numpy(dtype=float), strict=True), start=FMA_FIRST_LINE
-    ):
-        where = f"tracks.csv line {line}"
-        if not (np.isfinite(value) and value == np.floor(value) and value >= 0):
-            problems.append(_problem(raw, "", f"{where}: track id {raw!r} is not a whole number"))
-            keep.append(False)
-        elif int(value) in seen:
-            problems.append(_problem(raw, "", f"{where}: track id {int(value)} repeats"))
-            keep.append(False)
-        else:
-            seen.add(int(value))
-            ids.append(int(value))
-            keep.append(True)
-    return tracks[np.array(keep, dtype=bool)], ids, problems
+    for at in np.flatnonzero(~keep):  # the few bad rows
+        where = f"tracks.csv line {FMA_FIRST_LINE + int(at)}"
+        value = raw[at]
+        error = (
+            f"{where}: track id {int(numeric[at])} repeats"
+            if whole[at]
+            else f"{where}: track id {value!r} is not a whole number"
+        )
+        problems.append(_problem(value, "", error))
+    numbers = np.zeros(len(numeric), dtype=np.int64)
+    numbers[whole] = numeric[whole].astype(np.int64)
+    return keep, numbers, problems
 
 
 # --- generic manifest ------------------------------------------------------------------
 
 
-def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog:
-    """Read a CSV or Parquet manifest (``track_id, uri`` required; ``genre, artist_id,
-    lyrics, valence, split`` optional). Relative URIs are relative to the manifest.
-
-    Raises:
-        CatalogError: not a table, or required columns missing, or bad split values.
-    """
-    remote = storage.is_remote(str(path))
-    p = Path(urlparse(str(path)).path) if remote else Path(path)
+def _read_table(path: str | Path, p: Path, *, remote: bool) -> pd.DataFrame:
+    """A manifest file as a table (CSV, TSV or Parquet, local or in object storage)."""
     try:
         if p.suffix.lower() in (".parquet", ".pq"):
             # through Arrow's filesystem, not Python bytes (see storage.read_parquet)
@@ -410,6 +447,42 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
         raise
     except Exception as exc:  # pandas/pyarrow parse errors have many types
         raise CatalogError(f"manifest {str(p)!r} is not a readable table: {exc}") from exc
+    return raw
+
+
+def _manifest_lyrics(
+    raw: pd.DataFrame,
+    df: pd.DataFrame,
+    base: Path,
+    audio_root: str | None,
+    base_uri: str | None,
+    notes: dict[str, int],
+) -> list[str | None]:
+    """The tracks' lyrics: the ``lyrics`` column, else the file ``lyrics_uri`` names;
+    cleaned, every repair counted in ``notes``."""
+    lyrics = list(df["lyrics"])
+    if "lyrics_uri" in raw.columns:  # a lyrics file per track, where no lyrics column text
+        files = raw.set_index(raw["track_id"].astype("string").str.strip())["lyrics_uri"]
+        files = files[~files.index.duplicated(keep="first")]
+        for i, tid in enumerate(df["track_id"]):
+            if not _is_blank(lyrics[i]) or _is_blank(files.get(tid)):
+                continue
+            lyrics[i] = read_lyrics_file(
+                files[tid], base_dir=base, audio_root=audio_root, notes=notes, base_uri=base_uri
+            )
+    return clean_lyrics_column(lyrics, notes)
+
+
+def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog:
+    """Read a CSV or Parquet manifest (``track_id, uri`` required; ``genre, artist_id,
+    lyrics, valence, split`` optional). Relative URIs are relative to the manifest.
+
+    Raises:
+        CatalogError: not a table, or required columns missing, or bad split values.
+    """
+    remote = storage.is_remote(str(path))
+    p = Path(urlparse(str(path)).path) if remote else Path(path)
+    raw = _read_table(path, p, remote=remote)
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in ("track_id", "uri") if c not in raw.columns]
     if missing:
@@ -456,17 +529,7 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
             f"manifest {str(p)!r}: split values {sorted(set(df.loc[bad_split, 'split']))} "
             f"are not among {list(SPLITS)}"
         )
-    lyrics = list(df["lyrics"])
-    if "lyrics_uri" in raw.columns:  # a lyrics file per track, where no lyrics column text
-        files = raw.set_index(raw["track_id"].astype("string").str.strip())["lyrics_uri"]
-        files = files[~files.index.duplicated(keep="first")]
-        for i, tid in enumerate(df["track_id"]):
-            if not _is_blank(lyrics[i]) or _is_blank(files.get(tid)):
-                continue
-            lyrics[i] = read_lyrics_file(
-                files[tid], base_dir=base, audio_root=audio_root, notes=notes, base_uri=base_uri
-            )
-    df["lyrics"] = clean_lyrics_column(lyrics, notes)
+    df["lyrics"] = _manifest_lyrics(raw, df, base, audio_root, base_uri, notes)
     _clean_valence(df, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
     return Catalog(tracks=df, problems=problem_df, notes=notes, taxonomy=taxonomy)
@@ -605,11 +668,11 @@ def _clean_valence(df: pd.DataFrame, notes: dict[str, int]) -> None:
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
-            "track_id": df["track_id"].astype("string"),
-            "uri": df["uri"].astype("string"),
+            "track_id": df["track_id"].astype(TEXT),
+            "uri": df["uri"].astype(TEXT),
             "genre": _strings(df["genre"]),
             "artist_id": _strings(df["artist_id"]),
-            "lyrics": df["lyrics"].astype("string"),
+            "lyrics": df["lyrics"].astype(TEXT),
             "valence": pd.to_numeric(df["valence"], errors="coerce").astype(float),
             "split": _strings(df["split"]).str.lower(),
             "declared_duration_s": pd.to_numeric(
@@ -633,7 +696,7 @@ def _genre_list(value: object) -> list[str] | None:
 
 
 def _strings(column: pd.Series) -> pd.Series:
-    s = column.astype("string").str.strip()
+    s = column.astype(TEXT).str.strip()
     return s.mask(s == "")
 
 
