@@ -71,6 +71,8 @@ class IndexResources(RayResources):
     batch_size: int = 8_192  # vectors per add / search block
     neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
     # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
+    neighbours_local_s: float = 30.0  # ... and so is a larger one whose table takes under
+    # this many seconds at the speed tuning measured (tracks / queries per second); 0: off
     actors: int = 1  # neighbour-search actors, one index copy each
     cpus_per_actor: float = 1.0
 
@@ -316,25 +318,17 @@ def _gpu_placement(
     return to_device, faiss.index_gpu_to_cpu
 
 
-def build_index(
-    blocks: Blocks, *, config: IndexConfig, gpus: int = 0, shards: int | None = None
-) -> BuiltIndex:
-    """Build, fill and tune an index over every block of ``blocks()`` (two passes).
+@dataclass
+class _FirstPass:
+    count: int
+    dim: int
+    centre: np.ndarray | None
+    sample: Reservoir  # centred
 
-    Args:
-        blocks: called once per pass; yields :class:`Block` s in the same order each time.
-        gpus: GPUs to build on (:func:`select_gpus`); the result is a CPU index either way.
-            With several, each holds a range of the rows (:class:`ShardedFill`).
-        shards: ranges to fill separately; None: one per GPU, one on a CPU. On a CPU
-            several run the multi-GPU fill with CPU copies (for tests).
 
-    Raises:
-        GenreflowError: no vectors; ShapeError: blocks of differing dimension.
-    """
-    start = time.perf_counter()
-    # pass 1: count, dimension, sample
-    n_queries = config.tune_queries
-    sample = Reservoir(config.train_size + n_queries, seed=config.seed)
+def _first_pass(blocks: Blocks, config: IndexConfig) -> _FirstPass:
+    """Pass 1: count, dimension, the mean, and a uniform sample to train and tune on."""
+    sample = Reservoir(config.train_size + config.tune_queries, seed=config.seed)
     dim = 0
     total: np.ndarray | None = None
     for block in blocks():
@@ -347,40 +341,34 @@ def build_index(
         raise GenreflowError("no embeddings to index: the labels hold no rows for it")
     centre = (total / count).astype(np.float32) if config.centre else None
     sample.vectors = centre_vectors(sample.vectors, centre)
-    plan = plan_index(count, dim, config)
-    log.info("indexing %d vectors of dimension %d as %s", count, dim, plan.factory)
+    return _FirstPass(count, dim, centre, sample)
 
-    # held-out queries: the sample rows with the largest keys (not trained on)
+
+def _held_out(sample: Reservoir, n_queries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tuning queries (the sample rows with the largest keys, never trained on), their
+    catalog positions, and the rows left to train on."""
+    assert sample.vectors is not None
     order = np.argsort(sample.keys, kind="stable")
     n_queries = min(n_queries, max(1, len(order) // 10) if len(order) > 1 else 1)
     query_rows = order[-n_queries:]
     train_rows = order[:-n_queries] if len(order) > n_queries else order
-    queries = np.ascontiguousarray(sample.vectors[query_rows])
-    query_pos = sample.positions[query_rows]
-
-    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if gpus and plan.kind == "hnsw":
-        log.info("HNSW has no FAISS GPU build; building it on the CPU")
-        gpus = 0
-    to_device, to_cpu = _gpu_placement(gpus, plan) if gpus else (_on_cpu, lambda i: i)
-    if plan.trained:
-        train = np.ascontiguousarray(sample.vectors[train_rows])
-        log.info(
-            "training %s on %d sampled vectors%s", plan.factory, len(train),
-            f" on GPU 0 of {gpus}" if gpus else "",
-        )  # fmt: skip
-        work = to_device(index, 0)
-        work.train(train)
-        index = to_cpu(work)  # the one trained quantizer every shard copies
-        del work
-    del sample
-    fill = ShardedFill(
-        index, count=count, shards=shards or max(1, gpus), to_device=to_device, to_cpu=to_cpu
+    return (
+        np.ascontiguousarray(sample.vectors[query_rows]),
+        sample.positions[query_rows],
+        train_rows,
     )
-    if gpus:
-        log.info("filling %s on %d GPU(s)", plan.factory, gpus)
 
-    # pass 2: add every block; exact search of the held-out queries against each block
+
+def _fill_pass(
+    blocks: Blocks,
+    fill: ShardedFill,
+    queries: np.ndarray,
+    centre: np.ndarray | None,
+    dim: int,
+    count: int,
+) -> tuple[list[str], list[str | None], Any, float]:
+    """Pass 2: add every block to the index, and search the held-out queries exactly
+    against each block (the recall truth): ids, genres, the exact results, their time."""
     k = min(RECALL_K + 1, count)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     exact_seconds = 0.0
@@ -404,6 +392,55 @@ def build_index(
         )
         exact_seconds += time.perf_counter() - t0
     heap.finalize()
+    return ids, genres, heap, exact_seconds
+
+
+def build_index(
+    blocks: Blocks, *, config: IndexConfig, gpus: int = 0, shards: int | None = None
+) -> BuiltIndex:
+    """Build, fill and tune an index over every block of ``blocks()`` (two passes).
+
+    Args:
+        blocks: called once per pass; yields :class:`Block` s in the same order each time.
+        gpus: GPUs to build on (:func:`select_gpus`); the result is a CPU index either way.
+            With several, each holds a range of the rows (:class:`ShardedFill`).
+        shards: ranges to fill separately; None: one per GPU, one on a CPU. On a CPU
+            several run the multi-GPU fill with CPU copies (for tests).
+
+    Raises:
+        GenreflowError: no vectors; ShapeError: blocks of differing dimension.
+    """
+    start = time.perf_counter()
+    first = _first_pass(blocks, config)
+    count, dim, centre, sample = first.count, first.dim, first.centre, first.sample
+    plan = plan_index(count, dim, config)
+    log.info("indexing %d vectors of dimension %d as %s", count, dim, plan.factory)
+    queries, query_pos, train_rows = _held_out(sample, config.tune_queries)
+
+    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if gpus and plan.kind == "hnsw":
+        log.info("HNSW has no FAISS GPU build; building it on the CPU")
+        gpus = 0
+    to_device, to_cpu = _gpu_placement(gpus, plan) if gpus else (_on_cpu, lambda i: i)
+    if plan.trained:
+        assert sample.vectors is not None  # checked by the first pass
+        train = np.ascontiguousarray(sample.vectors[train_rows])
+        log.info(
+            "training %s on %d sampled vectors%s", plan.factory, len(train),
+            f" on GPU 0 of {gpus}" if gpus else "",
+        )  # fmt: skip
+        work = to_device(index, 0)
+        work.train(train)
+        index = to_cpu(work)  # the one trained quantizer every shard copies
+        del work
+    del sample, first  # the sample is not needed to fill
+    fill = ShardedFill(
+        index, count=count, shards=shards or max(1, gpus), to_device=to_device, to_cpu=to_cpu
+    )
+    if gpus:
+        log.info("filling %s on %d GPU(s)", plan.factory, gpus)
+
+    ids, genres, heap, exact_seconds = _fill_pass(blocks, fill, queries, centre, dim, count)
     built = BuiltIndex(
         index=fill.merged(),
         track_ids=ids,

@@ -51,7 +51,10 @@ def expected_neighbours(frame: pd.DataFrame, k: int) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize(
     "where",
-    ["resources.neighbours_local_below=20000", "resources.neighbours_local_below=0"],
+    [
+        "resources.neighbours_local_below=20000",
+        "resources.neighbours_local_below=0 resources.neighbours_local_s=0",
+    ],
     ids=["local", "ray"],
 )
 def test_index_and_neighbours_table_equal_exact_search(
@@ -59,7 +62,7 @@ def test_index_and_neighbours_table_equal_exact_search(
 ) -> None:
     """The neighbours table of a small catalog (in the job's process) and of a large one
     (a Ray Data actor pool) both equal a brute-force search."""
-    result = build(labels, tmp_path / "index", where)
+    result = build(labels, tmp_path / "index", *where.split())
     frame = read_labels(str(labels), ["track_id", "embedding", "model_version", "genre"])
     info = json.loads((tmp_path / "index" / "index.json").read_text())
     assert info["count"] == len(frame) == result.neighbour_rows
@@ -218,6 +221,7 @@ def test_an_actor_pool_taking_every_cpu_is_refused(labels: Path, tmp_path: Path)
             tmp_path / "index",
             "resources.cpus_per_actor=2",
             "resources.neighbours_local_below=0",
+            "resources.neighbours_local_s=0",
         )
 
 
