@@ -124,6 +124,66 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_outputs(work: Path, manifest: Path, checkpoint: str, local: list[str]) -> str | None:
+    """The demo's steps 4-6: labels, the index and the report; the report's path (None:
+    labelling failed)."""
+    label, index, analyze = (STAGES[name] for name in ("label", "index", "analyze"))
+    print(
+        "[4/6] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
+        flush=True,
+    )
+    labels = work / "labels"
+    labelled = label.run(
+        label.load_config(
+            overrides=[*local, "incremental=true"],  # a rerun labels only what is missing
+            values={
+                "checkpoint": checkpoint,
+                "input": str(manifest),
+                "out": str(labels),
+            },
+        )
+    )
+    print("      " + labelled.summary())
+    if labelled.failed:
+        return None
+    samples = _label_samples(str(labels), count=3)
+    for row in samples:
+        moments = ", ".join(
+            f"{m['start_s']:.1f}-{m['end_s']:.1f} s ({m['weight']:.2f})"
+            for m in row["signature_moments"]
+        )
+        print(
+            f"      {row['track_id']}: {row['genre']} (p={row['genre_prob']:.2f}); "
+            f"signature moments {moments}"
+        )
+
+    print("[5/6] building the recommendation index (FAISS) and neighbours table ...", flush=True)
+    from genreflow.formats.index import open_index
+
+    indexed = index.run(
+        index.load_config(
+            overrides=local, values={"labels": str(labels), "out": str(work / "index")}
+        )
+    )
+    print("      " + indexed.summary())
+    loaded = open_index(str(work / "index"))
+    for row in samples[:2]:
+        similar = ", ".join(
+            f"{r['track_id']} [{r['genre']}] {r['score']:.2f}"
+            for r in loaded.recommend(row["track_id"], 3)
+        )
+        print(f"      like {row['track_id']} [{row['genre']}]: {similar}")
+
+    print("[6/6] writing the genre analysis report ...", flush=True)
+    analyzed = analyze.run(
+        analyze.load_config(values={"labels": str(labels), "out": str(work / "report")})
+    )
+    for genre, near in analyzed.nearest.items():
+        print(f"      {genre}: nearest " + ", ".join(f"{n} ({s:.2f})" for n, s in near))
+    print("      " + analyzed.summary())
+    return str(analyzed.report)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on a generated catalog. Rerun into the same ``--out``, it
     continues: finished stages are kept, an interrupted one resumes, nothing is
@@ -131,9 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from genreflow.demo_catalog import make_demo_catalog
     from genreflow.train import finished_run
 
-    ingest, train, label, index, analyze = (
-        STAGES[name] for name in ("ingest", "train", "label", "index", "analyze")
-    )
+    ingest, train = STAGES["ingest"], STAGES["train"]
 
     work = Path(args.out).expanduser().resolve()
     started = time.perf_counter()
@@ -185,61 +243,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(chance: {1 / len(genres):.3f}); test accuracy {metrics['test']['accuracy']:.3f}"
     )
 
-    print(
-        "[4/6] labelling the catalog with the best checkpoint (Ray Data, model actors) ...",
-        flush=True,
-    )
-    labels = work / "labels"
-    labelled = label.run(
-        label.load_config(
-            overrides=[*local, "incremental=true"],  # a rerun labels only what is missing
-            values={
-                "checkpoint": metrics["best_checkpoint"],
-                "input": str(manifest),
-                "out": str(labels),
-            },
-        )
-    )
-    print("      " + labelled.summary())
-    if labelled.failed:
+    report = _demo_outputs(work, manifest, metrics["best_checkpoint"], local)
+    if report is None:
         return 1
-    samples = _label_samples(str(labels), count=3)
-    for row in samples:
-        moments = ", ".join(
-            f"{m['start_s']:.1f}-{m['end_s']:.1f} s ({m['weight']:.2f})"
-            for m in row["signature_moments"]
-        )
-        print(
-            f"      {row['track_id']}: {row['genre']} (p={row['genre_prob']:.2f}); "
-            f"signature moments {moments}"
-        )
-
-    print("[5/6] building the recommendation index (FAISS) and neighbours table ...", flush=True)
-    from genreflow.formats.index import open_index
-
-    indexed = index.run(
-        index.load_config(
-            overrides=local, values={"labels": str(labels), "out": str(work / "index")}
-        )
-    )
-    print("      " + indexed.summary())
-    loaded = open_index(str(work / "index"))
-    for row in samples[:2]:
-        similar = ", ".join(
-            f"{r['track_id']} [{r['genre']}] {r['score']:.2f}"
-            for r in loaded.recommend(row["track_id"], 3)
-        )
-        print(f"      like {row['track_id']} [{row['genre']}]: {similar}")
-
-    print("[6/6] writing the genre analysis report ...", flush=True)
-    analyzed = analyze.run(
-        analyze.load_config(values={"labels": str(labels), "out": str(work / "report")})
-    )
-    for genre, near in analyzed.nearest.items():
-        print(f"      {genre}: nearest " + ", ".join(f"{n} ({s:.2f})" for n, s in near))
-    print("      " + analyzed.summary())
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {work}/")
-    print(f"open the report: {Path(analyzed.report).resolve()}")
+    print(f"open the report: {Path(report).resolve()}")
     return 0
 
 

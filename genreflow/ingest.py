@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from genreflow import __version__, faultpoints, storage
 from genreflow.catalog import Catalog, target_counts
 from genreflow.config import RayResources, path_field
-from genreflow.decode import decode_tokens, error_row, error_table
+from genreflow.decode import Decoded, decode_tokens, error_row, error_table
 from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import (
     DATASET_FILE,
@@ -128,27 +128,11 @@ def ingest_shard(
         declared_s=declared,
     )
     records = rows.to_dict("records")
-    ok: list[dict[str, Any]] = []
-    for k, (position, duration_s) in enumerate(zip(decoded.index, decoded.durations, strict=True)):
-        row = records[position]
-        genre = _optional_str(row.get("genre"))
-        ok.append(
-            {
-                "track_id": track_ids[position],
-                "split": _optional_str(row.get("split")),
-                "genre": genre,
-                "genre_idx": genre_index.get(genre, -1) if genre is not None else -1,
-                "artist_id": _optional_str(row.get("artist_id")),
-                "valence": _optional_float(row.get("valence")),
-                "lyrics": _optional_str(row.get("lyrics")),
-                "uri": uris[position],
-                "duration_s": float(duration_s),
-                "audio_sha256": decoded.file_digests[k],
-                "clip_sha256": decoded.clip_digests[k],
-                "tag_idx": _tag_indices(row.get("genres"), tag_index),
-                "clip_start_s": float(decoded.offsets[k]),
-            }
-        )
+    ok = [
+        _shard_row(records[position], track_ids[position], uris[position], decoded, k,
+                   genre_index=genre_index, tag_index=tag_index)
+        for k, position in enumerate(decoded.index)
+    ]  # fmt: skip
     summary = [
         {
             "track_id": track_id,
@@ -169,6 +153,35 @@ def ingest_shard(
     if errors:
         storage.write_parquet_atomic(error_table(errors), storage.join(out, "errors", name))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+
+
+def _shard_row(
+    row: dict[str, Any],
+    track_id: str,
+    uri: str,
+    decoded: Decoded,
+    k: int,
+    *,
+    genre_index: dict[str, int],
+    tag_index: dict[str, int],
+) -> dict[str, Any]:
+    """The shard row of a decoded track (its tokens are appended as a column)."""
+    genre = _optional_str(row.get("genre"))
+    return {
+        "track_id": track_id,
+        "split": _optional_str(row.get("split")),
+        "genre": genre,
+        "genre_idx": genre_index.get(genre, -1) if genre is not None else -1,
+        "artist_id": _optional_str(row.get("artist_id")),
+        "valence": _optional_float(row.get("valence")),
+        "lyrics": _optional_str(row.get("lyrics")),
+        "uri": uri,
+        "duration_s": float(decoded.durations[k]),
+        "audio_sha256": decoded.file_digests[k],
+        "clip_sha256": decoded.clip_digests[k],
+        "tag_idx": _tag_indices(row.get("genres"), tag_index),
+        "clip_start_s": float(decoded.offsets[k]),
+    }
 
 
 def _optional_str(value: Any) -> str | None:
@@ -441,6 +454,58 @@ def set_aside_duplicates(out: str, duplicates: list[Duplicate]) -> None:
     storage.write_parquet_atomic(error_table(rows), target)
 
 
+@dataclass
+class ShardCounts:
+    """What the manifest counts, added up one shard at a time."""
+
+    by_split: Counter[str] = field(default_factory=Counter)
+    by_split_genre: dict[str, Counter[str]] = field(default_factory=dict)
+    by_split_mood: dict[str, Counter[str]] = field(default_factory=dict)
+    by_split_tag: dict[str, Counter[int]] = field(default_factory=dict)
+    by_target: Counter[str] = field(default_factory=Counter)
+    tagged: Counter[str] = field(default_factory=Counter)  # rows with a multi-label target
+    lyrics: int = 0
+    shard_splits: dict[str, list[str]] = field(default_factory=dict)  # splits per shard
+
+    def add(self, shard: str, frame: pd.DataFrame) -> None:
+        splits = frame["split"].fillna("none").astype(str)
+        self.shard_splits[shard] = sorted(set(splits))
+        self.by_target.update(target_counts(frame["genre"].notna(), frame["tag_idx"].notna()))
+        for split, tags in zip(splits, frame["tag_idx"], strict=True):
+            if tags is not None:
+                self.tagged[split] += 1
+                self.by_split_tag.setdefault(split, Counter()).update(int(t) for t in tags)
+        genres = frame["genre"].fillna("none").astype(str)
+        moods = [
+            MOOD_CLASSES[m] if m >= 0 else "unknown" for m in map(mood_index, frame["valence"])
+        ]
+        for split, genre, mood in zip(splits, genres, moods, strict=True):
+            self.by_split[split] += 1
+            self.by_split_genre.setdefault(split, Counter())[genre] += 1
+            self.by_split_mood.setdefault(split, Counter())[mood] += 1
+        self.lyrics += int(frame["lyrics"].notna().sum())
+
+    def to_manifest(self, taxonomy: Taxonomy | None) -> dict[str, Any]:
+        return {
+            "rows": sum(self.by_split.values()),
+            "by_split": dict(sorted(self.by_split.items())),
+            "by_split_genre": {
+                s: dict(sorted(c.items())) for s, c in sorted(self.by_split_genre.items())
+            },
+            "by_split_mood": {
+                s: dict(sorted(c.items())) for s, c in sorted(self.by_split_mood.items())
+            },
+            "with_lyrics": self.lyrics,
+            "by_target": {k: int(self.by_target.get(k, 0)) for k in TARGET_KINDS},
+            "tagged_by_split": dict(sorted(self.tagged.items())),
+            "by_split_tag": {
+                s: {taxonomy.titles[i]: n for i, n in sorted(c.items())}
+                for s, c in sorted(self.by_split_tag.items())
+                if taxonomy is not None
+            },
+        }
+
+
 def finalize(
     out: str,
     *,
@@ -455,34 +520,10 @@ def finalize(
     duplicates = find_duplicates(out)
     set_aside_duplicates(out, duplicates)
     shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
-    by_split: Counter[str] = Counter()
-    by_split_genre: dict[str, Counter[str]] = {}
-    by_split_mood: dict[str, Counter[str]] = {}
-    lyrics = 0
-    by_split_tag: dict[str, Counter[int]] = {}
-    by_target: Counter[str] = Counter()
-    tagged: Counter[str] = Counter()  # rows with a multi-label target, per split
+    counts = ShardCounts()
     columns = ["split", "genre", "valence", "lyrics", "tag_idx"]
-    shard_splits: dict[str, list[str]] = {}  # which splits each shard holds
     for uri, table in zip(shards, storage.read_parquet_columns(shards, columns), strict=True):
-        frame = table.to_pandas()
-        shard_splits[uri.rsplit("/", 1)[-1]] = sorted(set(frame["split"].fillna("none")))
-        counts = target_counts(frame["genre"].notna(), frame["tag_idx"].notna())
-        by_target.update(counts)
-        for split, tags in zip(frame["split"].fillna("none"), frame["tag_idx"], strict=True):
-            if tags is not None:
-                tagged[str(split)] += 1
-                by_split_tag.setdefault(str(split), Counter()).update(int(t) for t in tags)
-        splits = frame["split"].fillna("none").astype(str)
-        genres = frame["genre"].fillna("none").astype(str)
-        moods = [
-            MOOD_CLASSES[m] if m >= 0 else "unknown" for m in map(mood_index, frame["valence"])
-        ]
-        for split, genre, mood in zip(splits, genres, moods, strict=True):
-            by_split[split] += 1
-            by_split_genre.setdefault(split, Counter())[genre] += 1
-            by_split_mood.setdefault(split, Counter())[mood] += 1
-        lyrics += int(frame["lyrics"].notna().sum())
+        counts.add(uri.rsplit("/", 1)[-1], table.to_pandas())
     errors_by_kind: Counter[str] = Counter()
     errors = storage.list_files(storage.join(out, "errors"), suffix=".parquet")
     for table in storage.read_parquet_columns(errors, ["kind"]):
@@ -504,26 +545,13 @@ def finalize(
             "tag_parents": dict(taxonomy.to_dict()["parents"]) if taxonomy is not None else {},  # type: ignore[call-overload]
         },
         "counts": {
-            "rows": sum(by_split.values()),
-            "by_split": dict(sorted(by_split.items())),
-            "by_split_genre": {
-                s: dict(sorted(c.items())) for s, c in sorted(by_split_genre.items())
-            },
-            "by_split_mood": {s: dict(sorted(c.items())) for s, c in sorted(by_split_mood.items())},
-            "with_lyrics": lyrics,
-            "by_target": {k: int(by_target.get(k, 0)) for k in TARGET_KINDS},
-            "tagged_by_split": dict(sorted(tagged.items())),
-            "by_split_tag": {
-                s: {taxonomy.titles[i]: n for i, n in sorted(c.items())}
-                for s, c in sorted(by_split_tag.items())
-                if taxonomy is not None
-            },
+            **counts.to_manifest(taxonomy),
             "errors": sum(errors_by_kind.values()),
             "errors_by_kind": dict(sorted(errors_by_kind.items())),
             "duplicates": len(duplicates),
         },
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
-        "shard_splits": shard_splits,  # a split's rows lie in the shards that name it
+        "shard_splits": counts.shard_splits,  # a split's rows lie in the shards naming it
         **extra,
     }
     faultpoints.reached("ingest:before-manifest")

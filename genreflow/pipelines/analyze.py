@@ -319,25 +319,10 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{float(value):.3f}"
 
 
-def render_html(data: dict[str, Any], names: list[str]) -> str:
-    """The report page; every catalog-supplied string is escaped."""
+def _multi_label_html(multi: dict[str, Any] | None) -> list[str]:
+    """The report's multi-label section (none for a single-label model)."""
     e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<title>genreflow genre analysis</title>",
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
-        "img{max-width:100%;border:1px solid #ddd}td,th{padding:2px 10px;text-align:left}"
-        "figure{margin:1.5em 0}figcaption{color:#444}</style></head><body>",
-        "<h1>Genre analysis</h1>",
-        f"<p>{data['tracks']} tracks labelled by model <code>{e(data['model_version'])}</code>, "
-        f"grouped by {e(data['grouped_by'])}; written {e(data['created_at'])}.</p>",
-    ]
-    if data["accuracy"] is not None:
-        parts.append(
-            f"<p>Top-1 accuracy on the {data['test_tracks']} test-split tracks (held out "
-            f"from training): {data['accuracy']:.3f}.</p>"
-        )
-    multi = data.get("multi_label")
+    parts: list[str] = []
     if multi:
         parts.append(
             f"<h2>Multi-label genres</h2><p>Thresholded, hierarchy-consistent genre tags of "
@@ -353,23 +338,13 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
                 f"<td>{_num(m['recall'])}</td><td>{_num(m['f1'])}</td></tr>"
             )
         parts.append("</table>")
-    shared = data["shared_component_fraction"]
-    parts.append(
-        f"<p>The component every track's signature shares (the catalog mean) holds "
-        f"{100 * shared:.1f}% of the signatures' second moment; "
-        + (
-            "genre embeddings are compared after subtracting it.</p>"
-            if data["centred"]
-            else "it is <b>not</b> subtracted (centre=false), so genres look alike.</p>"
-        )
-    )
-    parts.append("<h2>Nearest genres (2-NN on genre embeddings)</h2><table>")
-    parts.append("<tr><th>genre</th><th>tracks</th><th>nearest</th><th>second</th></tr>")
-    for g in names:
-        near = data["nearest_genres"][g]
-        cells = "".join(f"<td>{e(n['genre'])} ({n['cosine']:.3f})</td>" for n in near)
-        parts.append(f"<tr><td>{e(g)}</td><td>{data['genres'][g]}</td>{cells}</tr>")
-    parts.append("</table>")
+    return parts
+
+
+def _analogies_html(data: dict[str, Any], names: list[str]) -> list[str]:
+    """The report's genre-analogy section."""
+    e = html.escape
+    parts: list[str] = []
     parts.append(
         f"<h2>Genre analogies</h2><p>A − B + C ≈ D where the cosine similarity of A − B + C "
         f"and D is above {data['analogy_threshold']}"
@@ -400,6 +375,46 @@ def render_html(data: dict[str, Any], names: list[str]) -> str:
             f"<p>None beat the threshold{' (needs 4 or more genres)' if len(names) < 4 else ''}"
             f"{'. Closest: ' + closest if closest else ''}.</p>"
         )
+    return parts
+
+
+def render_html(data: dict[str, Any], names: list[str]) -> str:
+    """The report page; every catalog-supplied string is escaped."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>genreflow genre analysis</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%;border:1px solid #ddd}td,th{padding:2px 10px;text-align:left}"
+        "figure{margin:1.5em 0}figcaption{color:#444}</style></head><body>",
+        "<h1>Genre analysis</h1>",
+        f"<p>{data['tracks']} tracks labelled by model <code>{e(data['model_version'])}</code>, "
+        f"grouped by {e(data['grouped_by'])}; written {e(data['created_at'])}.</p>",
+    ]
+    if data["accuracy"] is not None:
+        parts.append(
+            f"<p>Top-1 accuracy on the {data['test_tracks']} test-split tracks (held out "
+            f"from training): {data['accuracy']:.3f}.</p>"
+        )
+    parts += _multi_label_html(data.get("multi_label"))
+    shared = data["shared_component_fraction"]
+    parts.append(
+        f"<p>The component every track's signature shares (the catalog mean) holds "
+        f"{100 * shared:.1f}% of the signatures' second moment; "
+        + (
+            "genre embeddings are compared after subtracting it.</p>"
+            if data["centred"]
+            else "it is <b>not</b> subtracted (centre=false), so genres look alike.</p>"
+        )
+    )
+    parts.append("<h2>Nearest genres (2-NN on genre embeddings)</h2><table>")
+    parts.append("<tr><th>genre</th><th>tracks</th><th>nearest</th><th>second</th></tr>")
+    for g in names:
+        near = data["nearest_genres"][g]
+        cells = "".join(f"<td>{e(n['genre'])} ({n['cosine']:.3f})</td>" for n in near)
+        parts.append(f"<tr><td>{e(g)}</td><td>{data['genres'][g]}</td>{cells}</tr>")
+    parts.append("</table>")
+    parts += _analogies_html(data, names)
     for key, name in data["pictures"].items():
         parts.append(
             f"<figure><img src='{e(name)}' alt='{e(key)}'>"

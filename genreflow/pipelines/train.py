@@ -819,24 +819,11 @@ def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes
     return buffer.getvalue()
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The Ray Train worker function: the training recipe with Ray at its marked points
-    (RAY: ...): its dataset shard, model preparation (DDP), resuming from the latest
-    checkpoint, and reporting metrics and checkpoints. ``loop_config`` carries the
-    run's plain data."""
-    import ray.train
-    import ray.train.torch
-    from ray.data.collate_fn import NumpyBatchCollateFn
-
-    config = from_dict(TrainConfig, loop_config["config"])
-    # Batches of a split held in the object store arrive as read-only views; the step
-    # only reads them, so torch's warning about non-writable arrays is noise here.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
-    rank = ray.train.get_context().get_world_rank()
-    crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV) or -1)  # tests only
-    device = ray.train.torch.get_device()
-    recipe = TrainingRecipe(
+def _worker_recipe(
+    config: TrainConfig, loop_config: dict[str, Any], device: torch.device
+) -> TrainingRecipe:
+    """The training recipe of a worker, from the run's plain data (``loop_config``)."""
+    return TrainingRecipe(
         config,
         TokenSpec.from_dict(loop_config["token_spec"]),
         genres=loop_config["genres"],
@@ -850,6 +837,59 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else None,
         tag_pos_weight=loop_config.get("tag_pos_weight"),
     )
+
+
+class ShardBatches:
+    """A worker's device batches from its Ray dataset shard: ``batch_size`` rows, shuffled
+    in a local buffer for training (seeded by epoch and rank), converted with numpy
+    (:func:`tensor_batch`) and moved to ``device``."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, rank: int) -> None:
+        from ray.data.collate_fn import NumpyBatchCollateFn
+
+        class Collate(NumpyBatchCollateFn):  # RAY: the iterator's batch -> tensors hook
+            def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # Ray: CollatedData
+                return tensor_batch(batch, float_tokens=device.type == "cpu")
+
+        self.config, self.device, self.rank = config, device, rank
+        self.collate = Collate()
+        self.prefetch = prefetch_batches(config, device)
+
+    def __call__(
+        self, shard: Any, *, shuffle_epoch: int | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        config, shuffle = self.config, shuffle_epoch is not None
+        for batch in shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, self.rank)
+            if shuffle
+            else None,
+            pin_memory=self.device.type == "cuda",
+            device="cpu",
+            collate_fn=self.collate,
+            prefetch_batches=self.prefetch,
+        ):
+            yield to_device(batch, self.device)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function: the training recipe with Ray at its marked points
+    (RAY: ...): its dataset shard, model preparation (DDP), resuming from the latest
+    checkpoint, and reporting metrics and checkpoints. ``loop_config`` carries the
+    run's plain data."""
+    import ray.train
+    import ray.train.torch
+
+    config = from_dict(TrainConfig, loop_config["config"])
+    # Batches of a split held in the object store arrive as read-only views; the step
+    # only reads them, so torch's warning about non-writable arrays is noise here.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
+    crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV) or -1)  # tests only
+    device = ray.train.torch.get_device()
+    recipe = _worker_recipe(config, loop_config, device)
     resumed = ray.train.get_checkpoint()  # RAY: the latest checkpoint when resuming
     if resumed is not None:
         with resumed.as_directory() as folder:
@@ -862,25 +902,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
     val_shard = ray.train.get_dataset_shard("val")
-    prefetch = prefetch_batches(config, device)
-
-    class Collate(NumpyBatchCollateFn):  # RAY: the iterator's batch -> tensors hook
-        def __call__(self, batch: dict[str, np.ndarray]) -> Any:  # Ray types it CollatedData
-            return tensor_batch(batch, float_tokens=device.type == "cpu")
-
-    def batches(shard: Any, *, shuffle_epoch: int | None = None) -> Iterator[dict[str, Tensor]]:
-        shuffle = shuffle_epoch is not None
-        for batch in shard.iter_torch_batches(
-            batch_size=config.batch_size,
-            local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,
-            local_shuffle_seed=epoch_seed(config.seed, shuffle_epoch, rank) if shuffle else None,
-            pin_memory=device.type == "cuda",
-            device="cpu",
-            collate_fn=Collate(),
-            prefetch_batches=prefetch,
-        ):
-            yield to_device(batch, device)
-
+    batches = ShardBatches(config, device, rank)
     for epoch in range(recipe.start_epoch, config.epochs):
         trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch), epoch=epoch)
         val = recipe.evaluate(batches(val_shard))
