@@ -52,11 +52,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genreflow import checkpoint as ckpt
+from genreflow import train as train_module
 from genreflow.errors import ConfigError
 from genreflow.features import log_mel_for_spec, log_mel_torch
 from genreflow.models import MODELS
 from genreflow.models.base import inference_model
-from genreflow.models.musicnn import MusicnnFrontend
 from genreflow.tokens import TokenSpec
 from genreflow.tokens import preset as token_preset
 from genreflow.train import TrainConfig, TrainingRecipe
@@ -128,12 +128,12 @@ def check_model(name: str, preset: str, device: torch.device) -> dict[str, Any]:
             raise
         print(f"musicnn weights unavailable ({exc}); timing its architecture at random weights")
         weights = "random"
-        original = MusicnnFrontend.load_pretrained
-        MusicnnFrontend.load_pretrained = lambda self: None  # type: ignore[method-assign]
+        original = train_module.load_pretrained
+        train_module.load_pretrained = lambda model: None  # random front-end weights
         try:
             recipe = TrainingRecipe(config, spec, **labels)
         finally:
-            MusicnnFrontend.load_pretrained = original  # type: ignore[method-assign]
+            train_module.load_pretrained = original
     recipe.prepare()
     before = [p.detach().clone() for p in recipe.model.parameters()]
     batches = [batch(spec, setup["train_batch"], seed=i, device=device) for i in range(steps)]

@@ -491,3 +491,12 @@ def data_memory_limit(gigabytes: float | None, *, block_mb: float | None = None)
     finally:
         context.execution_options.resource_limits = before
         context.target_max_block_size = block_before
+
+
+def group_dataset(count: int) -> Any:
+    """A Ray dataset of the numbers ``0 .. count-1`` (column ``id``), one block each: a
+    ``map_batches(fn, batch_size=None)`` after it runs one task per number, such as one
+    per group of a work list (:mod:`genreflow.worklist`)."""
+    import ray.data
+
+    return ray.data.range(count, override_num_blocks=max(1, count))

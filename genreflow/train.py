@@ -28,6 +28,7 @@ from genreflow.features import FLOOR_DB, LOG1P_GAIN
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
 from genreflow.multilabel import best_thresholds, tagging_metrics
+from genreflow.pretrained import load_pretrained
 from genreflow.taxonomy import Taxonomy
 from genreflow.tokens import TokenSpec
 
@@ -677,7 +678,7 @@ class TrainingRecipe:
             task=config.task,
             n_tags=len(tags.titles) if tags is not None else 0,
         )
-        self.model.load_pretrained()  # a pretrained front end's weights; restore() may replace
+        load_pretrained(self.model)  # a pretrained front end's weights; restore() may replace
         self.net: nn.Module = self.model
         self.optimizer = make_optimizer(self.model, config)
         self.precision = choose_precision(config.mixed_precision, self.device)

@@ -1,16 +1,16 @@
-"""A run's work list: the catalog rows its tasks process, written once by the driver as a
-Parquet file with one row group per task, read back by each task for its own group.
+"""A run's work list: the catalog rows its tasks process, written once by the driver as
+Parquet files of one row group per task (``GROUPS_PER_FILE`` groups a file, so that a
+task reads a footer of bounded size whatever the catalog's), read back by each task for
+its own group.
 
 Why not hand the rows to Ray Data from the driver: the driver then puts the whole
 catalog into the object store (on the head node of a cluster) and keeps it referenced
 for the whole run; with a work list it writes the rows once, lets go of them, and each
 worker fetches its few kilobytes from the output's storage. The file is a scratch file
-of the run (its name starts with ``_``, which readers of the folder skip).
+folder of the run (its name starts with ``_``, which readers of the output skip).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -18,22 +18,29 @@ import pyarrow.parquet as pq
 
 from genreflow import storage
 
-WORKLIST_FILE = "_worklist.parquet"
+WORKLIST_DIR = "_worklist"
+GROUPS_PER_FILE = 64
 
 
-def write_worklist(groups: list[pd.DataFrame], uri: str) -> int:
-    """Write ``groups`` (catalog rows, one task's each) to ``uri``, one row group each;
-    returns their number."""
+def write_worklist(groups: list[pd.DataFrame], folder: str) -> int:
+    """Write ``groups`` (catalog rows, one task's each) into ``folder``, one row group
+    each; returns their number. Whatever the folder held is replaced."""
+    storage.delete_tree(folder)
     if not groups:
         return 0
-    schema = pa.Schema.from_pandas(pd.concat(groups[:1]), preserve_index=False)
-    schema = _unify(schema, groups)
-    fs, path = storage.resolve(uri)
-    storage.makedirs(uri.rsplit("/", 1)[0])
-    with fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, schema) as writer:
-        for group in groups:
-            writer.write_table(pa.Table.from_pandas(group, schema=schema, preserve_index=False))
+    schema = _unify(pa.Schema.from_pandas(groups[0], preserve_index=False), groups)
+    storage.makedirs(folder)
+    for first in range(0, len(groups), GROUPS_PER_FILE):
+        fs, path = storage.resolve(_file(folder, first // GROUPS_PER_FILE))
+        with fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, schema) as writer:
+            for group in groups[first : first + GROUPS_PER_FILE]:
+                table = pa.Table.from_pandas(group, schema=schema, preserve_index=False)
+                writer.write_table(table)
     return len(groups)
+
+
+def _file(folder: str, number: int) -> str:
+    return storage.join(folder, f"part-{number:05d}.parquet")
 
 
 def _unify(schema: pa.Schema, groups: list[pd.DataFrame]) -> pa.Schema:
@@ -51,16 +58,8 @@ def _unify(schema: pa.Schema, groups: list[pd.DataFrame]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def read_group(uri: str, group: int) -> pd.DataFrame:
-    """Row group ``group`` of the work list at ``uri``."""
-    fs, path = storage.resolve(uri)
+def read_group(folder: str, group: int) -> pd.DataFrame:
+    """Group ``group`` of the work list in ``folder``."""
+    fs, path = storage.resolve(_file(folder, group // GROUPS_PER_FILE))
     with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(group).to_pandas()
-
-
-def worklist_dataset(count: int) -> Any:
-    """A Ray dataset of the work list's group numbers (column ``id``), one block each: a
-    ``map_batches(fn, batch_size=None)`` after it runs one task per group."""
-    import ray
-
-    return ray.data.range(count, override_num_blocks=max(1, count))
+        return pq.ParquetFile(f).read_row_group(group % GROUPS_PER_FILE).to_pandas()

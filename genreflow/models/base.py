@@ -141,10 +141,12 @@ class GenreModel(nn.Module):
             self.tag_head = nn.Linear(width, n_tags)
         self.register_forward_hook(_with_tags)
 
-    def load_pretrained(self) -> None:
-        """Put pretrained weights into the parts that start from them (a pretrained
-        front end); a model learned from scratch has none. Training calls this once
-        before the first epoch; a checkpoint already holds them."""
+    def pretrained_parts(self) -> list[tuple[nn.Module, str]]:
+        """The parts that start from pretrained weights, each with the name of its
+        weights (a pretrained front end: ``(frontend, "MSD_musicnn")``); a model learned
+        from scratch has none. Training puts them in once before the first epoch
+        (:func:`genreflow.pretrained.load_pretrained`); a checkpoint already holds them."""
+        return []
 
     def forward(
         self,

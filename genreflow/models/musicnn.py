@@ -170,8 +170,9 @@ class MusicnnFrontend(nn.Module):
     bench/quality.py their same-album neighbours are 0.48 against 0.43 for the
     penultimate layer (bench/RESULTS.md). Frozen (the default) the front end stays in
     eval mode and gets no gradient; with ``trainable`` it is fine-tuned with the rest of
-    the model. :meth:`load_pretrained` puts the converted weights in (a checkpoint holds
-    them too, so labelling needs no musicnn install).
+    the model. :func:`genreflow.pretrained.load_pretrained` puts the converted weights in
+    (a checkpoint holds them too, so labelling needs no musicnn install); the
+    architecture knows nothing of the conversion.
 
     A frozen front end on the CPU remembers its outputs by token content (a BLAKE2 digest
     of the token's bytes) in a bounded LRU of at most ``cache_bytes``: a training worker
@@ -201,10 +202,10 @@ class MusicnnFrontend(nn.Module):
         out = self.net(tokens.transpose(1, 2))  # [n, frames, 96] in
         return out.pooled if self.features == "pooled" else out.penultimate
 
-    def load_pretrained(self) -> None:
-        from genreflow.pretrained.musicnn import pretrained_state
-
-        self.net.load_state_dict(pretrained_state(self.weights))
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Put ``state`` (converted musicnn weights, see :mod:`genreflow.pretrained`) into
+        the network; cached outputs of the old weights are dropped."""
+        self.net.load_state_dict(state)
         self._cache.clear()
 
     def _apply(self, fn: Any, recurse: bool = True) -> MusicnnFrontend:

@@ -113,9 +113,8 @@ class SignatureAttention(GenreModel):
         self.pool = AttentionPool(d, int(p["attn_hidden"]))
         self.classifier = nn.Sequential(nn.Dropout(p["dropout"]), nn.Linear(d, n_genres))
 
-    def load_pretrained(self) -> None:
-        if self.frontend is not None:
-            self.frontend.load_pretrained()
+    def pretrained_parts(self) -> list[tuple[nn.Module, str]]:
+        return [(self.frontend, self.frontend.weights)] if self.frontend is not None else []
 
     def forward(
         self, tokens: Tensor, token_mask: Tensor | None = None, lyrics: Tensor | None = None

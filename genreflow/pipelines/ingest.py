@@ -30,8 +30,8 @@ from genreflow.ingest import (
     write_catalog_problems,
 )
 from genreflow.ray_compat import single_operator_resources
-from genreflow.runtime import check_cluster_reachable, init_ray
-from genreflow.worklist import WORKLIST_FILE, read_group, worklist_dataset, write_worklist
+from genreflow.runtime import check_cluster_reachable, group_dataset, init_ray
+from genreflow.worklist import WORKLIST_DIR, read_group, write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     if groups:
         init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
         rows_written, process_seconds = _run_shards(groups, config, state, errors_by_kind)
-    storage.delete(_worklist(config))
+    storage.delete_tree(_worklist(config))
     seconds = time.perf_counter() - start
     result = IngestResult(
         out=config.out,
@@ -205,7 +205,7 @@ def shard_chunks(todo: pd.DataFrame, size: int) -> list[pd.DataFrame]:
 
 
 def _worklist(config: IngestConfig) -> str:
-    return storage.join(config.out, WORKLIST_FILE)
+    return storage.join(config.out, WORKLIST_DIR)
 
 
 def ingest_shards(groups: pd.DataFrame, *, worklist: str, **kwargs: Any) -> pd.DataFrame:
@@ -223,7 +223,7 @@ def _run_shards(
     rows_written = 0
     start = time.perf_counter()
     with single_operator_resources():  # one operator: no reservation for others
-        dataset = worklist_dataset(groups).map_batches(
+        dataset = group_dataset(groups).map_batches(
             ingest_shards,
             batch_size=None,  # one block = one shard = one task
             batch_format="pandas",

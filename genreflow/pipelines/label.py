@@ -57,12 +57,13 @@ from genreflow.runtime import (
     check_actor_fit,
     cluster_gpus,
     data_memory_limit,
+    group_dataset,
     init_ray,
     ray_resources,
     read_parquet_files,
 )
 from genreflow.tokens import TokenSpec, check_same_spec
-from genreflow.worklist import WORKLIST_FILE, read_group, worklist_dataset, write_worklist
+from genreflow.worklist import WORKLIST_DIR, read_group, write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,10 @@ class LabelSource:
         tracks = self.catalog.tracks[~self.catalog.tracks["track_id"].isin(skip)]
         size = config.resources.shard_size
         chunks = [tracks.iloc[i : i + size] for i in range(0, len(tracks), size)]
-        worklist = storage.join(partition, WORKLIST_FILE)
+        worklist = storage.join(partition, WORKLIST_DIR)
         groups = write_worklist(chunks, worklist)
         self.catalog = None  # the tasks read the work list: the driver lets go of the rows
-        ds = worklist_dataset(groups).map_batches(
+        ds = group_dataset(groups).map_batches(
             decode_for_label_groups,
             batch_size=None,
             batch_format="pandas",
@@ -251,7 +252,7 @@ def run_label(config: LabelConfig) -> LabelResult:
         ds, todo = source.tokens(config, plan, skip=done | kept, partition=partition)
         if todo:
             _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition)
-    storage.delete(storage.join(partition, WORKLIST_FILE))
+    storage.delete_tree(storage.join(partition, WORKLIST_DIR))
     skipped = source.tracks - todo - len(kept - done)  # kept: this run's, done before a cut
     labelled = sum(t.num_rows for t in storage.read_parquet_columns(
         storage.list_files(partition, suffix=".parquet"), ["track_id"]

@@ -15,6 +15,7 @@ from genreflow.errors import ConfigError
 from genreflow.features import log_mel_for_spec
 from genreflow.models import build_model
 from genreflow.models.musicnn import PATCH_FRAMES, Musicnn, MusicnnFrontend
+from genreflow.pretrained import load_pretrained as load_pretrained_parts
 from genreflow.pretrained import musicnn as pretrained
 from genreflow.pretrained.tf_bundle import BundleError, read_bundle, read_index
 from genreflow.tokens import TokenSpec, preset
@@ -141,7 +142,7 @@ def test_musicnn_preset_and_scale() -> None:
 def test_signature_model_on_the_frozen_front_end() -> None:
     spec = preset("musicnn")
     model = build_model("signature_attention", spec, n_genres=3, preset="musicnn")
-    model.load_pretrained()
+    load_pretrained_parts(model)
     frontend = model.frontend
     assert isinstance(frontend, MusicnnFrontend)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

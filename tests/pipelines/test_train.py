@@ -272,14 +272,14 @@ def test_every_way_of_building_the_datasets_holds_the_same_rows(dataset: Path) -
     materialized: one splitting rule (``Part``) chooses their rows, for a run and for each
     cross-validation fold."""
     from genreflow.formats.dataset import read_dataset_manifest
-    from genreflow.pipelines.train import _datasets
+    from genreflow.pipelines.train_data import setup_data
     from genreflow.train import RUN_PARTS, fold_parts
 
     manifest = read_dataset_manifest(str(dataset))
     shards = pd.read_parquet(dataset / "shards", columns=["split"])
     for parts in (RUN_PARTS, fold_parts(0, 2), fold_parts(1, 2)):
         built = {
-            way: _datasets(
+            way: setup_data(
                 load_config(TrainConfig, overrides=[f"resources.cache={way}"], data=str(dataset)),
                 manifest,
                 None,
@@ -293,10 +293,8 @@ def test_every_way_of_building_the_datasets_holds_the_same_rows(dataset: Path) -
             if part.fold is None:
                 assert len(rows[0]) == int((shards["split"] == part.split).sum())
     folds = [fold_parts(k, 2) for k in range(2)]
-    held_out = [
-        len(_rows(_datasets(load_config(TrainConfig, data=str(dataset)), manifest, None, f)["val"]))
-        for f in folds
-    ]
+    config = load_config(TrainConfig, data=str(dataset))
+    held_out = [len(_rows(setup_data(config, manifest, None, f)["val"])) for f in folds]
     assert sum(held_out) == int((shards["split"] == "train").sum())  # each row held out once
 
 
@@ -307,7 +305,7 @@ def test_an_epoch_reads_each_splits_rows_once_from_shards_of_its_own(dataset: Pa
     import pyarrow.parquet as pq
 
     from genreflow.formats.dataset import read_dataset_manifest, split_shards
-    from genreflow.pipelines.train import _read_split
+    from genreflow.pipelines.train_data import read_split
 
     manifest = read_dataset_manifest(str(dataset))
     config = load_config(TrainConfig, overrides=["resources.cache=never"], data=str(dataset))
@@ -319,7 +317,7 @@ def test_an_epoch_reads_each_splits_rows_once_from_shards_of_its_own(dataset: Pa
         splits = pq.ParquetDataset(files).read(columns=["split"]).column("split").to_pylist()
         assert set(splits) == {split}
         assert len(splits) == manifest["counts"]["by_split"][split]
-        read = _read_split(config, split, lyrics=False)
+        read = read_split(config, split, lyrics=False)
         assert sorted(Path(f).name for f in read.input_files()) == sorted(
             Path(f).name for f in files
         )
