@@ -62,6 +62,8 @@ from genreflow.train import (
     evaluate,
     fold_parts,
     predict,
+    tensor_batch,
+    to_device,
 )
 
 log = logging.getLogger(__name__)
@@ -478,14 +480,8 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     state = ckpt.load(best_path)
     test_metrics: dict[str, Any] = {"count": 0}
     if test_ds is not None and manifest["counts"]["by_split"].get("test"):
-
-        def batches() -> Any:
-            for batch in test_ds.iter_torch_batches(batch_size=config.batch_size, device="cpu"):
-                batch["tokens"] = batch["tokens"].float()
-                yield batch
-
         test_metrics = evaluate(
-            predict(loaded.model, batches()),
+            score_split(test_ds, best_path, config),
             loaded.genres,
             loaded.moods,
             task=loaded.task,
@@ -517,6 +513,46 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     _write_outputs(config.out, metrics)
     return TrainResult(out=config.out, metrics=metrics, seconds=metrics["seconds"])
+
+
+class SplitScorer:
+    """Ray Data actor: a checkpoint's predictions (:func:`genreflow.train.predict`'s
+    columns) for batches of a prepared split."""
+
+    def __init__(self, checkpoint: str, *, threads: int, device: str) -> None:
+        torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.model = ckpt.load_model(checkpoint).model.to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = to_device(tensor_batch(batch, float_tokens=True), self.device)
+        return predict(self.model, [tensors])
+
+
+def score_split(ds: Any, checkpoint: str, config: TrainConfig) -> dict[str, np.ndarray]:
+    """The predictions of ``checkpoint`` over the prepared split ``ds``, made where its
+    rows are by an actor pool shaped like the training workers (their CPUs, a GPU each
+    where they trained on GPUs); the driver gathers the per-track probabilities only."""
+    import ray
+
+    use_gpu = config.resources.use_gpu is True  # run_train resolved auto
+    scored = ds.map_batches(
+        SplitScorer,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "threads": max(1, int(config.resources.cpus_per_worker)),
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=config.resources.num_workers),
+        num_cpus=config.resources.cpus_per_worker,
+        num_gpus=1 if use_gpu else None,
+    )
+    parts = list(scored.iter_batches(batch_size=None, batch_format="numpy"))
+    if not parts:
+        return predict(torch.nn.Identity(), [])
+    return {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
 
 
 def _checkpoint_uri(config: TrainConfig, path: str) -> str:
