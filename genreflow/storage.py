@@ -258,6 +258,18 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
         raise StorageError(f"cannot read Parquet {uri!r}: {exc}{_hint(exc)}") from exc
 
 
+def read_row_group(uri: str, group: int) -> pa.Table:
+    """Row group ``group`` of the Parquet file ``uri``: its footer and that group only."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).read_row_group(group)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri!r} does not exist") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot read Parquet {uri!r}: {exc}{_hint(exc)}") from exc
+
+
 def read_parquet_columns(uris: list[str], columns: list[str]) -> Iterator[pa.Table]:
     """Stream the named columns of Parquet files, one file at a time."""
     for uri in uris:

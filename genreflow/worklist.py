@@ -12,6 +12,8 @@ folder of the run (its name starts with ``_``, which readers of the output skip)
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,13 +31,12 @@ def write_worklist(groups: list[pd.DataFrame], folder: str) -> int:
     if not groups:
         return 0
     schema = _unify(pa.Schema.from_pandas(groups[0], preserve_index=False), groups)
-    storage.makedirs(folder)
     for first in range(0, len(groups), GROUPS_PER_FILE):
-        fs, path = storage.resolve(_file(folder, first // GROUPS_PER_FILE))
-        with fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, schema) as writer:
+        sink = io.BytesIO()
+        with pq.ParquetWriter(sink, schema) as writer:
             for group in groups[first : first + GROUPS_PER_FILE]:
-                table = pa.Table.from_pandas(group, schema=schema, preserve_index=False)
-                writer.write_table(table)
+                writer.write_table(pa.Table.from_pandas(group, schema=schema, preserve_index=False))
+        storage.write_bytes_atomic(_file(folder, first // GROUPS_PER_FILE), sink.getvalue())
     return len(groups)
 
 
@@ -60,6 +61,5 @@ def _unify(schema: pa.Schema, groups: list[pd.DataFrame]) -> pa.Schema:
 
 def read_group(folder: str, group: int) -> pd.DataFrame:
     """Group ``group`` of the work list in ``folder``."""
-    fs, path = storage.resolve(_file(folder, group // GROUPS_PER_FILE))
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(group % GROUPS_PER_FILE).to_pandas()
+    table = storage.read_row_group(_file(folder, group // GROUPS_PER_FILE), group % GROUPS_PER_FILE)
+    return table.to_pandas()
