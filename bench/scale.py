@@ -161,12 +161,14 @@ def commands(n: int, root: Path) -> dict[str, tuple[list[str], Path | None]]:
     w = WORK / f"out-{n}"
     return {
         "ingest": ([GENREFLOW, "ingest", "--catalog", str(root), "--out", str(w / "dataset"),
-                    "fma_subset=large", "max_error_rate=0.5", *SPEC], w / "dataset"),
+                    "catalog_options.fma_subset=large", "max_error_rate=0.5", *SPEC],
+                   w / "dataset"),
         "train": ([GENREFLOW, "train", "--data", str(w / "dataset"), "--out", str(w / "run"),
                    "--model", "baseline_cnn", "task=multi", "epochs=1", "batch_size=64"],
                   w / "run"),
         "label": ([GENREFLOW, "label", "--checkpoint", str(w / "run"), "--input", str(root),
-                   "--out", str(w / "labels"), "fma_subset=large", "max_error_rate=0.5"],
+                   "--out", str(w / "labels"), "catalog_options.fma_subset=large",
+                   "max_error_rate=0.5"],
                   w / "labels"),
         "index": ([GENREFLOW, "index", "--labels", str(w / "labels"), "--out",
                    str(w / "index")], w / "index"),

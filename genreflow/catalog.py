@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from genreflow import storage
-from genreflow.errors import CatalogError
+from genreflow.config import path_field
+from genreflow.errors import CatalogError, ConfigError
 from genreflow.taxonomy import Taxonomy, parse_genre_list, parse_id_list, read_fma_genres
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ FMA_SUBSET_VALUES = ("small", "medium", "large")
 FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
 TEXT = pd.StringDtype("pyarrow")  # catalog text columns: Arrow buffers, not a str per cell
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 MAX_URI_CHARS = 4096
 MAX_LYRICS_CHARS = 20_000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -89,59 +91,57 @@ def target_counts(single: Any, multi: Any) -> dict[str, int]:
     }
 
 
-def read_catalog(
-    path: str,
-    *,
-    audio_dir: str | None = None,
-    fma_subset: str = "medium",
-    use_fma_split: bool = True,
-    require_genre: bool = False,
-    audio_root: str | None = None,
-    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-) -> Catalog:
-    """Read any supported catalog form, detected from ``path``.
+@dataclass(frozen=True)
+class CatalogOptions:
+    """How a catalog is read: the ``catalog_options:`` section that ingest and label
+    configs share (``catalog_options.fma_subset=large`` on a command line)."""
 
-    - a folder holding ``tracks.csv`` (or ``fma_metadata/tracks.csv``): FMA metadata;
-      audio under ``audio_dir`` (default: ``fma_<subset>`` beside the metadata folder);
-    - a ``.csv`` or ``.parquet`` file: a generic manifest;
-    - any other folder: a ``<genre>/<file>`` tree.
+    form: str = "auto"  # auto (detected from the path) or a CATALOG_FORMS name
+    audio_dir: str | None = path_field("input", None)  # FMA audio root; default fma_<subset>
+    fma_subset: str = "medium"  # small | medium | large | full (whole tracks, fma_full/)
+    use_fma_split: bool = True  # keep FMA's training/validation/test split
+    require_genre: bool = False  # drop tracks without a single-label genre
+    audio_root: str | None = path_field("input", None)  # set: manifest paths must be in it
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # for tracks without a split
+    seed: int = 0  # of the split assignment
+
+    def __post_init__(self) -> None:
+        names = ["auto", *(f.name for f in CATALOG_FORMS)]
+        if self.form not in names:
+            raise ConfigError(f"catalog_options.form must be one of {names}, got {self.form!r}")
+        if self.fma_subset not in FMA_SUBSETS:
+            raise ConfigError(
+                f"catalog_options.fma_subset must be one of {list(FMA_SUBSETS)}, "
+                f"got {self.fma_subset!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CatalogForm:
+    """One catalog form: how to recognise it from a path and how to read it. A new form
+    is one reader function and one entry in :data:`CATALOG_FORMS`."""
+
+    name: str
+    looks_like: str  # what a path of this form is, for error messages
+    detects: Callable[[str], bool]  # does this path hold this form (first match wins)
+    read: Callable[[str, CatalogOptions], Catalog]
+    remote: bool  # readable from object storage (s3://...)
+
+
+def read_catalog(path: str, options: CatalogOptions | None = None) -> Catalog:
+    """Read any supported catalog form (:data:`CATALOG_FORMS`), detected from ``path``
+    unless ``options.form`` names one.
 
     Tracks without a ``split`` get one from :func:`assign_splits`. Every track is kept,
     labelled or not, unless ``require_genre`` drops those without a single-label genre
     (counted in ``notes`` as ``dropped_without_genre``).
 
     Raises:
-        CatalogError: the path is missing or is not a table of tracks.
+        CatalogError: the path is missing, is no known form, or is not a table of tracks.
     """
-    p = Path(path)
-    if storage.is_remote(path):
-        if not path.lower().endswith((".csv", ".tsv", ".parquet", ".pq")):
-            raise CatalogError(
-                f"catalog {path!r}: a catalog in object storage must be a .csv or .parquet "
-                "manifest (FMA metadata and folder trees are read from local paths)"
-            )
-        if not storage.exists(path):
-            raise CatalogError(f"catalog {path!r} does not exist")
-        catalog = read_manifest(path, audio_root=audio_root)
-    elif not p.exists():
-        raise CatalogError(f"catalog {path!r} does not exist")
-    elif p.is_dir():
-        meta = _fma_metadata_dir(p)
-        if meta is not None:
-            audio = Path(audio_dir) if audio_dir else _default_fma_audio_dir(meta, fma_subset)
-            catalog = read_fma(
-                meta,
-                audio_dir=audio,
-                subset=fma_subset,
-                use_fma_split=use_fma_split,
-                require_genre=require_genre,
-            )
-        else:
-            catalog = read_folder_tree(p)
-    else:
-        catalog = read_manifest(p, audio_root=audio_root)
-    if require_genre:
+    options = options or CatalogOptions()
+    catalog = catalog_form(path, options.form).read(path, options)
+    if options.require_genre:
         no_genre = catalog.tracks["genre"].isna()
         if no_genre.any():
             catalog.notes["dropped_without_genre"] = int(no_genre.sum())
@@ -152,11 +152,38 @@ def read_catalog(
             )
     missing = catalog.tracks["split"].isna()
     if missing.any():
-        assigned = assign_splits(catalog.tracks, fractions=split_fractions, seed=seed)
+        assigned = assign_splits(
+            catalog.tracks, fractions=options.split_fractions, seed=options.seed
+        )
         catalog.tracks.loc[missing, "split"] = assigned[missing]
     if catalog.tracks.empty:
         raise CatalogError(f"catalog {path!r} holds no usable tracks")
     return catalog
+
+
+def catalog_form(path: str, name: str = "auto") -> CatalogForm:
+    """The form of the catalog at ``path``: the one named, or the first of
+    :data:`CATALOG_FORMS` that detects it.
+
+    Raises:
+        CatalogError: the path does not exist, or no form (or not the named one) fits it.
+    """
+    remote = storage.is_remote(path)
+    if not (storage.exists(path) if remote else Path(path).exists()):
+        raise CatalogError(f"catalog {path!r} does not exist")
+    candidates = [f for f in CATALOG_FORMS if name in ("auto", f.name)]
+    if remote:
+        candidates = [f for f in candidates if f.remote]
+    for form in candidates:
+        if name != "auto" or form.detects(path):
+            return form
+    forms = "; ".join(f"{f.name}: {f.looks_like}" for f in candidates)
+    if remote:
+        raise CatalogError(
+            f"catalog {path!r} is no catalog form read from object storage ({forms}); "
+            "the others are read from local paths"
+        )
+    raise CatalogError(f"catalog {path!r} is no catalog form genreflow reads ({forms})")
 
 
 # --- FMA -------------------------------------------------------------------------------
@@ -186,7 +213,6 @@ def read_fma(
     audio_dir: str | Path,
     subset: str = "medium",
     use_fma_split: bool = True,
-    require_genre: bool = False,
 ) -> Catalog:
     """Read FMA's ``tracks.csv`` (two header rows), ``genres.csv`` and ``echonest.csv``.
 
@@ -205,9 +231,7 @@ def read_fma(
             includes the smaller ones.
         use_fma_split: keep FMA's training/validation/test split; otherwise leave
             ``split`` empty for :func:`assign_splits`.
-        require_genre: (through :func:`read_catalog`) drop tracks without ``genre_top``.
     """
-    del require_genre  # applied by read_catalog, after every reader
     if subset not in FMA_SUBSETS:
         raise CatalogError(f"FMA subset must be one of {FMA_SUBSETS}, got {subset!r}")
     meta = Path(metadata_dir)
@@ -237,7 +261,7 @@ def read_fma(
     echonest_csv = meta / "echonest.csv"
     if echonest_csv.is_file():
         out["valence"] = _fma_valence(echonest_csv, out["track_id"])
-    out = _normalise(out)
+    out = normalise_tracks(out)
     _clean_valence(out, notes)
     problem_df = pd.DataFrame(problems, columns=["track_id", "uri", "stage", "error"])
     return Catalog(tracks=out, problems=problem_df, notes=notes, taxonomy=taxonomy)
@@ -519,7 +543,7 @@ def read_manifest(path: str | Path, *, audio_root: str | None = None) -> Catalog
         problems.append(_problem(tid, uri, "duplicate track_id: kept the first row"))
     df = df[~dup]
 
-    df = _normalise(df)
+    df = normalise_tracks(df)
     taxonomy = None
     if df["genres"].notna().any():
         taxonomy = Taxonomy.flat(g for gs in df["genres"].dropna() for g in gs)
@@ -665,25 +689,30 @@ def _clean_valence(df: pd.DataFrame, notes: dict[str, int]) -> None:
     df["valence"] = valence.where(~bad)
 
 
-def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+def normalise_tracks(df: pd.DataFrame) -> pd.DataFrame:
+    """A reader's rows as the catalog table: :data:`CATALOG_COLUMNS` in order, text as
+    :data:`TEXT`, numbers as floats. ``track_id`` and ``uri`` are required; a missing
+    optional column is empty (no genre, no artist, ...)."""
+
+    def column(name: str, fill: object = None) -> pd.Series:
+        return df[name] if name in df else pd.Series(fill, index=df.index, dtype=object)
+
     out = pd.DataFrame(
         {
             "track_id": df["track_id"].astype(TEXT),
             "uri": df["uri"].astype(TEXT),
-            "genre": _strings(df["genre"]),
-            "artist_id": _strings(df["artist_id"]),
-            "lyrics": df["lyrics"].astype(TEXT),
-            "valence": pd.to_numeric(df["valence"], errors="coerce").astype(float),
-            "split": _strings(df["split"]).str.lower(),
+            "genre": _strings(column("genre")),
+            "artist_id": _strings(column("artist_id")),
+            "lyrics": column("lyrics").astype(TEXT),
+            "valence": pd.to_numeric(column("valence", np.nan), errors="coerce").astype(float),
+            "split": _strings(column("split")).str.lower(),
             "declared_duration_s": pd.to_numeric(
-                df.get("declared_duration_s", pd.Series(np.nan, index=df.index)),
-                errors="coerce",
+                column("declared_duration_s", np.nan), errors="coerce"
             ),
         }
     )
-    genres = df["genres"] if "genres" in df else pd.Series([None] * len(df), index=df.index)
     out["genres"] = pd.Series(
-        [_genre_list(v) for v in genres], index=df.index, dtype=object
+        [_genre_list(v) for v in column("genres")], index=df.index, dtype=object
     ).to_numpy()
     return out[CATALOG_COLUMNS].reset_index(drop=True)
 
@@ -733,7 +762,58 @@ def read_folder_tree(root: str | Path) -> Catalog:
             f"{str(base)!r} is neither FMA metadata (tracks.csv) nor a <genre>/<audio file> "
             f"tree: no {'/'.join(AUDIO_EXTENSIONS)} files one folder down"
         )
-    return Catalog(tracks=_normalise(pd.DataFrame(rows)))
+    return Catalog(tracks=normalise_tracks(pd.DataFrame(rows)))
+
+
+def _is_fma(path: str) -> bool:
+    return Path(path).is_dir() and _fma_metadata_dir(Path(path)) is not None
+
+
+def _read_fma_form(path: str, options: CatalogOptions) -> Catalog:
+    meta = _fma_metadata_dir(Path(path))
+    if meta is None:
+        raise CatalogError(f"catalog {path!r}: no FMA tracks.csv in it or in its fma_metadata/")
+    audio = options.audio_dir or _default_fma_audio_dir(meta, options.fma_subset)
+    return read_fma(
+        meta, audio_dir=audio, subset=options.fma_subset, use_fma_split=options.use_fma_split
+    )
+
+
+def _is_manifest(path: str) -> bool:
+    return path.lower().endswith(MANIFEST_SUFFIXES) and (
+        storage.is_remote(path) or Path(path).is_file()
+    )
+
+
+def _read_manifest_form(path: str, options: CatalogOptions) -> Catalog:
+    return read_manifest(path, audio_root=options.audio_root)
+
+
+def _read_folder_form(path: str, options: CatalogOptions) -> Catalog:
+    del options  # a folder tree has no options
+    return read_folder_tree(path)
+
+
+def _is_folder_tree(path: str) -> bool:
+    return Path(path).is_dir() and not _is_fma(path)
+
+
+# Every catalog form genreflow reads; `catalog_options.form` names one, `auto` takes the
+# first whose `detects` holds for the path.
+CATALOG_FORMS: tuple[CatalogForm, ...] = (
+    CatalogForm(
+        "fma", "a folder holding FMA's tracks.csv (or fma_metadata/tracks.csv)",
+        _is_fma, _read_fma_form, remote=False,
+    ),
+    CatalogForm(
+        "manifest", "a .csv, .tsv, .txt or .parquet file of tracks",
+        _is_manifest, _read_manifest_form, remote=True,
+    ),
+    CatalogForm(
+        "folder", "a <genre>/<audio file> folder tree",
+        _is_folder_tree, _read_folder_form, remote=False,
+    ),
+)  # fmt: skip
 
 
 # --- splits ----------------------------------------------------------------------------

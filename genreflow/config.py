@@ -25,20 +25,6 @@ T = TypeVar("T")
 PATH_METADATA = "genreflow_path"
 
 
-@dataclasses.dataclass(frozen=True)
-class RayResources:
-    """Where a job runs: the ``resources:`` section every Ray job's config has. A stage
-    adds its own knobs (workers, actors, GPUs) to it; each defaults to following the
-    cluster, so a config's top level says only what to do."""
-
-    address: str | None = None  # Ray address; None: RAY_ADDRESS or a local Ray
-    num_cpus: int | None = None  # CPUs of a local Ray; None: every core
-
-    def __post_init__(self) -> None:
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ConfigError(f"resources.num_cpus must be >= 1 or null, got {self.num_cpus}")
-
-
 def path_field(role: PathRole, default: str | None = "") -> Any:
     """A config field holding a local path or URI that the job reads (``input``) or
     writes (``output``); a relative path is made absolute as the config is loaded."""

@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 import faiss
 import numpy as np
 
-from genreflow.config import RayResources, path_field
+from genreflow.config import path_field
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
 from genreflow.formats.index import (
     FORMAT,
@@ -41,6 +41,7 @@ from genreflow.formats.index import (
     centre_vectors,
     set_search_param,
 )
+from genreflow.resources import IndexResources
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +59,6 @@ class Block(NamedTuple):
 Blocks = Callable[[], Iterator[Block]]  # a fresh pass over the catalog per call
 
 IndexKind = Literal["flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
-
-
-@dataclass(frozen=True)
-class IndexResources(RayResources):
-    """Where the index is built and searched (``resources:`` in ``configs/index.yaml``);
-    none of these changes the index or its neighbours."""
-
-    device: Literal["auto", "gpu", "cpu"] = "auto"  # auto: GPUs where there are (on a
-    # cluster: where it has or can start them), else the CPU; gpu: fail without one
-    gpus: int = 1  # on a cluster: GPUs the build task takes (each fills a range of the rows)
-    batch_size: int = 8_192  # vectors per add / search block
-    neighbours_local_below: int = 20_000  # smaller catalogs: the table is computed in the
-    # job's own process (no Ray to start, no actor pool); larger ones by a Ray Data actor pool
-    neighbours_local_s: float = 30.0  # ... and so is a larger one whose table takes under
-    # this many seconds at the speed tuning measured (tracks / queries per second); 0: off
-    actors: int = 1  # neighbour-search actors, one index copy each
-    cpus_per_actor: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("batch_size", "actors", "gpus"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"resources.{name} must be >= 1, got {getattr(self, name)}")
-        if self.cpus_per_actor <= 0:
-            raise ConfigError(f"resources.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
 
 
 @dataclass(frozen=True)

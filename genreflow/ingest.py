@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreflow import __version__, faultpoints, storage
-from genreflow.catalog import Catalog, target_counts
-from genreflow.config import RayResources, path_field
+from genreflow.catalog import Catalog, CatalogOptions, target_counts
+from genreflow.config import path_field
 from genreflow.decode import Decoded, decode_tokens, error_row, error_table
 from genreflow.errors import ConfigError, SpecMismatchError
 from genreflow.formats.dataset import (
@@ -46,6 +46,7 @@ from genreflow.formats.dataset import (
     tokens_array,
     tokens_type,
 )
+from genreflow.resources import RayResources
 from genreflow.taxonomy import Taxonomy
 from genreflow.tokens import TokenSpec, check_same_spec
 
@@ -62,13 +63,8 @@ class IngestConfig:
     catalog: str = path_field("input")  # manifest .csv/.parquet, FMA metadata, <genre>/<file>
     out: str = path_field("output")  # output folder, local or s3://
     spec: TokenSpec = field(default_factory=TokenSpec)  # or a preset: paper000 | paper001
-    audio_dir: str | None = path_field("input", None)  # FMA audio root; default fma_<subset>
-    fma_subset: str = "medium"  # small | medium | large | full (whole tracks, fma_full/)
-    use_fma_split: bool = True
-    require_genre: bool = False  # true: drop tracks without a single-label genre
-    audio_root: str | None = path_field("input", None)  # set: manifest paths must be in it
-    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
-    seed: int = 0
+    catalog_options: CatalogOptions = field(default_factory=CatalogOptions)  # its form, FMA's
+    # subset and audio folder, manifest path confinement, splits (shared with label)
     shard_size: int = 64  # tracks per Parquet shard and per Ray task
     min_duration_s: float = 1.0  # shorter audio is an error row; 0 pads any clip
     allow_silent: bool = False  # keep silent clips instead of error rows

@@ -25,63 +25,17 @@ import torch
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
-from genreflow.config import RayResources, path_field
+from genreflow.catalog import CatalogOptions
+from genreflow.config import path_field
 from genreflow.decode import decode_tokens, error_table
 from genreflow.errors import ConfigError
 from genreflow.formats.dataset import shard_name
 from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA
 from genreflow.models.base import inference_model
 from genreflow.multilabel import consistent_tags
+from genreflow.resources import LabelResources
 from genreflow.runtime import wants_gpus
 from genreflow.tokens import TokenSpec
-
-
-@dataclass(frozen=True)
-class LabelResources(RayResources):
-    """Where and how wide a run labels (``resources:`` in ``configs/label.yaml``); none of
-    these changes a label row."""
-
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # actors without GPUs use the CPU
-    actors: int | None = None  # model actors (one model copy each); None: see plan_actors
-    gpus_per_actor: float | Literal["auto"] = "auto"  # auto: 1 where the cluster has GPUs
-    # or its autoscaler can start them, else 0 (CPU actors); a fraction shares a GPU
-    cpus_per_actor: float | None = None  # None: 0.5 for CPU actors, 1 beside a GPU
-    torch_threads: int | None = None  # per CPU actor; None: its CPUs, rounded up
-    batch_size: int = 32  # tracks per call of a model actor (one output block each)
-    model_batch: int | None = None  # tracks per forward pass within a call; None: 8 on
-    # CPU, where a few tracks' activations stay in cache and the actor's heap stays
-    # small, the whole call's batch on a GPU
-    read_cpus: float = 0.25  # CPUs reserved per shard reader
-    read_tasks: int | None = None  # shard readers (actors); None: see plan_reads
-    shard_size: int = 32  # raw audio: tracks per decode task
-    inflight_gb: float | None = 0.5  # object-store memory the job's in-flight blocks may
-    # hold: bounds its memory whatever the catalog size; None: Ray Data's default share
-    block_mb: float = 16.0  # target size of the blocks streaming to the model actors
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("batch_size", "model_batch", "actors", "shard_size", "read_tasks"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"resources.{name} must be >= 1, got {value}")
-        if self.gpus_per_actor != "auto" and self.gpus_per_actor < 0:
-            raise ConfigError(
-                f"resources.gpus_per_actor must be >= 0 or auto, got {self.gpus_per_actor}"
-            )
-        for name in ("cpus_per_actor", "read_cpus"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"resources.{name} must be > 0, got {value}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(
-                f"resources.torch_threads must be >= 1 (or null), got {self.torch_threads}"
-            )
-        if self.block_mb <= 0:
-            raise ConfigError(f"resources.block_mb must be > 0, got {self.block_mb}")
-        if self.inflight_gb is not None and self.inflight_gb <= 0:
-            raise ConfigError(
-                f"resources.inflight_gb must be > 0 (or null), got {self.inflight_gb}"
-            )
 
 
 @dataclass(frozen=True)
@@ -101,9 +55,8 @@ class LabelConfig:
     max_error_rate: float = 0.2
     compact_after: int = 8  # incremental runs: once a model version has more finished
     # partitions than this, all but the largest are merged into one (0: never)
-    audio_root: str | None = path_field("input", None)
-    audio_dir: str | None = path_field("input", None)
-    fma_subset: str = "medium"
+    catalog_options: CatalogOptions = field(default_factory=CatalogOptions)  # when input is
+    # a catalog: read as ingest reads it
     resources: LabelResources = field(default_factory=LabelResources)
 
     def __post_init__(self) -> None:

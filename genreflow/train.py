@@ -22,60 +22,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
-from genreflow.config import RayResources, path_field
+from genreflow.config import path_field
 from genreflow.errors import ConfigError
 from genreflow.features import FLOOR_DB, LOG1P_GAIN
 from genreflow.models import GenreModel, build_model
 from genreflow.models.base import ModelOutput
 from genreflow.multilabel import best_thresholds, tagging_metrics
 from genreflow.pretrained import load_pretrained
+from genreflow.resources import TrainResources
 from genreflow.taxonomy import Taxonomy
 from genreflow.tokens import TokenSpec
 
 TENSOR_COLUMNS = ["tokens", "genre_idx", "mood_idx"]
 TAG_COLUMNS = ["tags", "has_tags"]  # task multi|both: [b, n_tags] multi-hot, [b] 1 if known
 LYRICS_COLUMN = "lyrics_ids"
-
-
-@dataclass(frozen=True)
-class TrainResources(RayResources):
-    """Where and on what a run trains (``resources:`` in ``configs/train.yaml``)."""
-
-    num_workers: int = 1  # Ray Train workers (DDP over gloo on CPUs, NCCL on GPUs)
-    use_gpu: bool | Literal["auto"] = "auto"  # auto: one GPU per worker where the cluster
-    # has GPUs or its autoscaler can start them, else CPUs
-    cpus_per_worker: float = 1.0  # CPUs reserved per worker; torch threads = max(1, floor)
-    resource_wait_s: float = 900.0  # on a cluster: how long to wait for the workers'
-    # CPUs/GPUs while the autoscaler adds nodes; a local Ray refuses a shortfall at once
-    max_failures: int = 1  # worker crashes Ray Train recovers from (from the last checkpoint)
-    prefetch_batches: int | None = None  # batches prepared ahead in a background thread;
-    # None: 1 on GPUs (the CPU is idle meanwhile), 0 on CPUs, where a background thread
-    # would take cores from the step's torch threads
-    cache: Literal["auto", "always", "never"] = "auto"  # hold prepared splits in the object
-    # store between epochs; auto: when they take under a quarter of it, else stream each epoch
-    worker_niceness: int | None = 0  # added to the training workers' nice value. Ray adds
-    # 15 to its workers', which puts them below its own services and any ordinary process;
-    # a training worker does the run's work, so by default it keeps an ordinary share.
-    # None: Ray's 15
-    health_check_s: float = 0.5  # how often Ray Train's controller polls its workers; each
-    # start, end and failure waits for a poll (Ray's own default, 2 s, adds seconds a run)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_workers < 1:
-            raise ConfigError(f"resources.num_workers must be >= 1, got {self.num_workers}")
-        if self.health_check_s <= 0:
-            raise ConfigError(f"resources.health_check_s must be > 0, got {self.health_check_s}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"resources.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.prefetch_batches is not None and self.prefetch_batches < 0:
-            raise ConfigError(
-                f"resources.prefetch_batches must be >= 0, got {self.prefetch_batches}"
-            )
-        if self.worker_niceness is not None and not 0 <= self.worker_niceness <= 19:
-            raise ConfigError(
-                f"resources.worker_niceness must be 0-19 or null, got {self.worker_niceness}"
-            )
 
 
 @dataclass(frozen=True)
@@ -551,16 +511,6 @@ def tensor_batch(batch: dict[str, np.ndarray], *, float_tokens: bool) -> dict[st
             array = array.astype(np.int64, copy=False)
         out[name] = torch.from_numpy(np.ascontiguousarray(array))
     return out
-
-
-def prefetch_batches(config: TrainConfig, device: torch.device) -> int:
-    """Batches the iterator prepares ahead in a background thread. On a GPU the CPU is
-    free while the device computes, so one batch ahead hides the data work; on a CPU
-    worker a background thread takes cores from the step's torch threads, whose
-    parallel regions then wait for the slowest thread, so batches are made in line."""
-    if config.resources.prefetch_batches is not None:
-        return config.resources.prefetch_batches
-    return 1 if device.type == "cuda" else 0
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

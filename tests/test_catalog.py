@@ -8,6 +8,7 @@ import pytest
 
 from genreflow.catalog import (
     CATALOG_COLUMNS,
+    CatalogOptions,
     assign_splits,
     clean_lyrics,
     fma_audio_path,
@@ -69,7 +70,9 @@ def test_fma_header_layout_round_trips(tmp_path: Path) -> None:
     write_fma_metadata(tmp_path / "fma_metadata")
     raw = (tmp_path / "fma_metadata" / "tracks.csv").read_text().splitlines()
     assert raw[0].startswith(",album") and raw[2].startswith("track_id")  # FMA's real layout
-    catalog = read_catalog(str(tmp_path / "fma_metadata"), audio_dir="/audio", fma_subset="medium")
+    catalog = read_catalog(
+        str(tmp_path / "fma_metadata"), CatalogOptions(audio_dir="/audio", fma_subset="medium")
+    )
     t = catalog.tracks.set_index("track_id")
     assert list(catalog.tracks.columns) == CATALOG_COLUMNS
     # medium includes small; large-only tracks are left out, the one without genre_top kept
@@ -86,7 +89,8 @@ def test_fma_header_layout_round_trips(tmp_path: Path) -> None:
 def test_fma_large_subset_and_our_own_split(tmp_path: Path) -> None:
     write_fma_metadata(tmp_path / "fma_metadata")
     catalog = read_catalog(
-        str(tmp_path), audio_dir="/a", fma_subset="large", use_fma_split=False, seed=3
+        str(tmp_path),
+        CatalogOptions(audio_dir="/a", fma_subset="large", use_fma_split=False, seed=3),
     )
     assert len(catalog.tracks) == 8  # every track of the subset, genre_top or not
     assert set(catalog.tracks["split"]) <= {"train", "val", "test"}
@@ -154,8 +158,12 @@ def test_a_manifest_that_is_not_a_track_table_is_refused(
 
 def test_unknown_manifest_format_and_missing_catalog(tmp_path: Path) -> None:
     (tmp_path / "x.mp3").write_bytes(b"ID3")
-    with pytest.raises(CatalogError, match="unknown format"):
+    with pytest.raises(
+        CatalogError, match=r"is no catalog form genreflow reads.*manifest: a \.csv"
+    ):
         read_catalog(str(tmp_path / "x.mp3"))
+    with pytest.raises(CatalogError, match="unknown format"):
+        read_catalog(str(tmp_path / "x.mp3"), CatalogOptions(form="manifest"))
     with pytest.raises(CatalogError, match="does not exist"):
         read_catalog(str(tmp_path / "nope.csv"))
 

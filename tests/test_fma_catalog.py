@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genreflow.catalog import fma_audio_path, read_catalog, read_manifest
+from genreflow.catalog import CatalogOptions, fma_audio_path, read_catalog, read_manifest
 from tests.fma_fixture import FAULTS, TRACK_COLUMNS, write_fma
 
 
@@ -38,7 +38,7 @@ def test_fixture_reads_as_fmas_own_utils_load_reads_tracks_csv(fma) -> None:  # 
 
 @pytest.mark.parametrize("subset", ["small", "medium", "large", "full"])
 def test_every_track_of_the_subset_is_a_row(fma, subset: str) -> None:  # type: ignore[no-untyped-def]
-    catalog = read_catalog(str(fma.root), fma_subset=subset, audio_dir="/audio")
+    catalog = read_catalog(str(fma.root), CatalogOptions(fma_subset=subset, audio_dir="/audio"))
     ids = sorted(int(t) for t in catalog.tracks["track_id"])
     assert ids == sorted(fma.subsets[subset])
     assert catalog.tracks["genre"].isna().any()  # kept without genre_top
@@ -49,14 +49,14 @@ def test_every_track_of_the_subset_is_a_row(fma, subset: str) -> None:  # type: 
 def test_subsets_nest_and_full_defaults_to_fma_full(fma) -> None:  # type: ignore[no-untyped-def]
     small, medium, large = (set(fma.subsets[s]) for s in ("small", "medium", "large"))
     assert small < medium < large
-    full = read_catalog(str(fma.root), fma_subset="full")
+    full = read_catalog(str(fma.root), CatalogOptions(fma_subset="full"))
     assert full.tracks["uri"].iloc[0] == fma_audio_path(
         fma.root / "fma_full", int(full.tracks["track_id"].iloc[0])
     )
 
 
 def test_genres_are_genres_all_closed_under_the_hierarchy(fma) -> None:  # type: ignore[no-untyped-def]
-    catalog = read_catalog(str(fma.root), fma_subset="large", audio_dir="/audio")
+    catalog = read_catalog(str(fma.root), CatalogOptions(fma_subset="large", audio_dir="/audio"))
     tax = catalog.taxonomy
     assert tax is not None and len(tax.titles) == 28
     truth = fma.tracks.set_index("track_id")
@@ -70,15 +70,17 @@ def test_genres_are_genres_all_closed_under_the_hierarchy(fma) -> None:  # type:
 
 
 def test_bogus_bit_rate_is_only_metadata(fma) -> None:  # type: ignore[no-untyped-def]
-    catalog = read_catalog(str(fma.root), fma_subset="large", audio_dir="/audio")
+    catalog = read_catalog(str(fma.root), CatalogOptions(fma_subset="large", audio_dir="/audio"))
     assert str(FAULTS["bogus_bit_rate"][0]) in set(catalog.tracks["track_id"])
     declared = catalog.tracks.set_index("track_id")["declared_duration_s"]
     assert declared[str(FAULTS["cut_past_end"][0])] == 300
 
 
 def test_require_genre_still_drops_on_request(fma) -> None:  # type: ignore[no-untyped-def]
-    kept = read_catalog(str(fma.root), fma_subset="large", audio_dir="/a")
-    dropped = read_catalog(str(fma.root), fma_subset="large", audio_dir="/a", require_genre=True)
+    kept = read_catalog(str(fma.root), CatalogOptions(fma_subset="large", audio_dir="/a"))
+    dropped = read_catalog(
+        str(fma.root), CatalogOptions(fma_subset="large", audio_dir="/a", require_genre=True)
+    )
     assert dropped.notes["dropped_without_genre"] == int(kept.tracks["genre"].isna().sum())
     assert dropped.tracks["genre"].notna().all()
 

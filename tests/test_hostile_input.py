@@ -17,7 +17,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genreflow.catalog import SPLITS, read_catalog, read_fma, read_manifest
+from genreflow.catalog import SPLITS, CatalogOptions, read_catalog, read_fma, read_manifest
 from genreflow.decode import decode_tokens
 from genreflow.errors import CatalogError
 from genreflow.tokens import TokenSpec
@@ -170,7 +170,7 @@ def test_fma_metadata_with_mislabelled_or_truncated_cells_never_crashes(
         assert catalog.tracks["split"].dropna().isin(SPLITS).all()
         assert (len(catalog.tracks) + len(catalog.problems)) <= len(tracks)
         with contextlib.suppress(CatalogError):
-            read_catalog(str(Path(folder)), audio_dir=str(Path(folder) / "audio"))
+            read_catalog(str(Path(folder)), CatalogOptions(audio_dir=str(Path(folder) / "audio")))
 
 
 def test_the_generated_inputs_include_what_the_readers_must_accept() -> None:

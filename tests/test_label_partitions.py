@@ -125,3 +125,18 @@ def test_a_compaction_cut_before_its_record_is_an_unfinished_run(
     assert len(fl.partitions(str(year))) == NIGHTS + 2
     assert len(fl.complete_partitions(str(year))) == NIGHTS + 1  # the new one is unfinished
     assert _rows(year) == before
+
+
+def test_a_file_a_killed_run_finished_late_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
+    """A continued run trusts the files it found and its own; a file a killed job's write
+    task finished after the continued run began holds tracks it labelled again."""
+    from genreflow.pipelines.label import _drop_late_files
+
+    part = tmp_path / "run-1"
+    part.mkdir()
+    found, mine, late = (part / n for n in ("labels-old-a.parquet", "labels-new-b.parquet",
+                                            "labels-old-c.parquet"))  # fmt: skip
+    for f in (found, mine, late):
+        pq.write_table(pa.table({"track_id": [f.stem]}), f)
+    _drop_late_files(str(part), trusted={str(found)}, attempt="new")
+    assert sorted(p.name for p in part.iterdir()) == sorted([found.name, mine.name])

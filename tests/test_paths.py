@@ -10,7 +10,7 @@ import pytest
 
 from genreflow import storage
 from genreflow.analysis import AnalyzeConfig
-from genreflow.catalog import read_catalog
+from genreflow.catalog import CatalogOptions, read_catalog
 from genreflow.config import PATH_METADATA, load_config
 from genreflow.errors import ConfigError
 from genreflow.index import IndexConfig
@@ -83,5 +83,5 @@ def test_file_uris_with_escapes_read_from_storage_and_manifests(tmp_path: Path) 
     assert storage.exists(uri) and storage.read_bytes(uri) == tone.read_bytes()
     manifest = tmp_path / "m.csv"
     pd.DataFrame([{"track_id": "a", "uri": uri, "genre": "g"}]).to_csv(manifest, index=False)
-    tracks = read_catalog(str(manifest), require_genre=False).tracks
+    tracks = read_catalog(str(manifest), CatalogOptions(require_genre=False)).tracks
     assert list(tracks["uri"]) == [str(tone)]

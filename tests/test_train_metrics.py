@@ -11,13 +11,13 @@ from sklearn.metrics import confusion_matrix, f1_score, log_loss
 from genreflow.config import load_config
 from genreflow.errors import ConfigError
 from genreflow.models.base import ModelOutput
+from genreflow.pipelines.train_data import prefetch_batches
+from genreflow.resources import TrainResources
 from genreflow.train import (
     TrainConfig,
-    TrainResources,
     balanced_class_weights,
     batch_loss,
     classification_metrics,
-    prefetch_batches,
     tensor_batch,
 )
 

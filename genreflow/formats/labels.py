@@ -1,13 +1,14 @@
 """The labels folder: what ``genreflow label`` writes and the index, the report and
 ``recommend`` read.
 
-``<out>/run-<UTC time>-<id>/`` is one partition per label run: ``labels-NNNNN.parquet``
-files of :data:`LABELS_SCHEMA` rows (each written whole, ``rows_per_file`` rows at
-most), ``errors/`` (error rows of tracks that could not be labelled), :data:`STARTED_FILE`
-(the model version and input, written as the run starts) and, written last,
-:data:`RUN_FILE`: the run record that marks the partition complete. A partition without
-it is an interrupted run's, which readers skip; the next run with the same model and
-input continues it (its label files are kept), any other run removes it.
+``<out>/run-<UTC time>-<id>/`` is one partition per label run: ``labels-<digest>.parquet``
+files of :data:`LABELS_SCHEMA` rows (each written whole by a write task beside the model
+actors, about ``rows_per_file`` rows, named by a digest of their track ids), ``errors/``
+(error rows of tracks that could not be labelled), :data:`STARTED_FILE` (the model
+version and input, written as the run starts) and, written last, :data:`RUN_FILE`: the
+run record that marks the partition complete. A partition without it is an interrupted
+run's, which readers skip; the next run with the same model and input continues it (its
+label files are kept), any other run removes it.
 """
 
 from __future__ import annotations

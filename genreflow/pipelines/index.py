@@ -21,6 +21,7 @@ from genreflow.errors import ConfigError, GenreflowError
 from genreflow.formats import index as findex
 from genreflow.formats.index import NEIGHBOURS_SCHEMA
 from genreflow.formats.labels import label_files
+from genreflow.resources import IndexResources
 from genreflow.runtime import (
     check_actor_fit,
     cluster_gpus,
@@ -144,7 +145,7 @@ def run_index(config: fidx.IndexConfig) -> IndexResult:
     )
 
 
-def _table_is_small(info: dict[str, Any], resources: fidx.IndexResources) -> bool:
+def _table_is_small(info: dict[str, Any], resources: IndexResources) -> bool:
     """Whether the neighbours table is seconds of work, computed in this process rather
     than by an actor pool whose start alone costs more: a catalog under
     ``neighbours_local_below`` tracks, or one the tuned index searches in under

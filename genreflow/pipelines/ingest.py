@@ -106,16 +106,7 @@ def load_catalog(config: IngestConfig) -> Catalog:
         raise ConfigError("no catalog given: set catalog=PATH (or --catalog PATH)")
     if not config.out:
         raise ConfigError("no output folder given: set out=DIR (or --out DIR)")
-    catalog = read_catalog(
-        config.catalog,
-        audio_dir=config.audio_dir,
-        fma_subset=config.fma_subset,
-        use_fma_split=config.use_fma_split,
-        require_genre=config.require_genre,
-        audio_root=config.audio_root,
-        split_fractions=config.split_fractions,
-        seed=config.seed,
-    )
+    catalog = read_catalog(config.catalog, config.catalog_options)
     if config.limit is not None:
         catalog.tracks = catalog.tracks.head(config.limit)
     for note, count in sorted(catalog.notes.items()):

@@ -1,21 +1,23 @@
 """Labelling on Ray Data: CPU stages (read shards, or decode raw audio) apart from the
-model stage (an actor pool, one model copy per actor, on GPUs when asked).
+model stage (an actor pool, one model copy per actor, on GPUs when asked), and write
+tasks beside the actors that turn their rows into files.
 
 Labels folder (``out``): one partition per run, complete only with its run record::
 
-    run-<time>-<id>/part-*.parquet   label rows (see genreflow.label)
-    run-<time>-<id>/errors/*.parquet tracks that failed to decode
-    run-<time>-<id>/_run.json        written last: counts, seconds, model version
+    run-<time>-<id>/labels-*.parquet  label rows (see genreflow.label), named by their tracks
+    run-<time>-<id>/errors/*.parquet  tracks that failed to decode
+    run-<time>-<id>/_run.json         written last: counts, seconds, model version
 
-A partition without ``_run.json`` is an interrupted run: the next run deletes it and
-does its tracks again, so every track is labelled exactly once per model version.
-"""
+A partition without ``_run.json`` is an interrupted run: the next run with the same
+checkpoint continues it, keeping its finished files and labelling the tracks they lack,
+so every track is labelled exactly once per model version."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +26,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from genreflow import checkpoint as ckpt
 from genreflow import storage
@@ -144,13 +145,7 @@ class LabelSource:
                 b_name=f"shards {config.input!r}",
             )
         else:
-            self.catalog = read_catalog(
-                config.input,
-                audio_dir=config.audio_dir,
-                fma_subset=config.fma_subset,
-                require_genre=False,
-                audio_root=config.audio_root,
-            )
+            self.catalog = read_catalog(config.input, config.catalog_options)
         self.tracks = (
             int(self.manifest["counts"]["rows"])
             if self.manifest is not None
@@ -231,7 +226,8 @@ def run_label(config: LabelConfig) -> LabelResult:
     version = loaded.version
     source = LabelSource(config, loaded.spec, checkpoint)
     started = {"model_version": version, "input": config.input, "incremental": config.incremental}
-    partition, kept, done, earlier = _open_partition(config, started)
+    opened = _open_partition(config, started)
+    partition, kept, done, earlier = opened.path, opened.kept, opened.done, opened.earlier
     init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
     plan = _plan(config, source, loaded.model)
     del loaded
@@ -251,7 +247,9 @@ def run_label(config: LabelConfig) -> LabelResult:
     with data_memory_limit(config.resources.inflight_gb, block_mb=config.resources.block_mb):
         ds, todo = source.tokens(config, plan, skip=done | kept, partition=partition)
         if todo:
-            _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition)
+            attempt = uuid.uuid4().hex[:8]
+            _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition, attempt)
+            _drop_late_files(partition, trusted=opened.kept_files, attempt=attempt)
     storage.delete_tree(storage.join(partition, WORKLIST_DIR))
     skipped = source.tracks - todo - len(kept - done)  # kept: this run's, done before a cut
     labelled = sum(t.num_rows for t in storage.read_parquet_columns(
@@ -286,29 +284,55 @@ def run_label(config: LabelConfig) -> LabelResult:
     return dataclasses.replace(result, samples=_samples(partition))
 
 
-def _open_partition(
-    config: LabelConfig, started: dict[str, Any]
-) -> tuple[str, set[str], set[str], list[str]]:
-    """The partition this run writes (an interrupted one of the same model and input, or a
-    new one), the tracks it holds already, the tracks earlier runs labelled with this
-    model version (incremental runs skip them) and the earlier complete partitions."""
+@dataclass(frozen=True)
+class OpenPartition:
+    """The partition a run writes and what it starts from."""
+
+    path: str  # an interrupted run's partition of the same model and input, or a new one
+    kept: set[str]  # tracks it holds already (labelled or error rows)
+    kept_files: set[str]  # the label files they are in, as listed when the run started
+    done: set[str]  # tracks earlier runs labelled with this model version (incremental)
+    earlier: list[str]  # the earlier complete partitions
+
+
+def _open_partition(config: LabelConfig, started: dict[str, Any]) -> OpenPartition:
+    """The partition this run writes (see :class:`OpenPartition`)."""
     drop_merged(config.out)  # what a compaction cut short left behind
     partition = _continue_or_clear(config.out, started)
     earlier = complete_partitions(config.out)
     done = labelled_by(earlier, started["model_version"]) if config.incremental else set()
     kept: set[str] = set()
+    kept_files: set[str] = set()
     if partition is not None:  # an interrupted run of the same model and input
-        kept = track_ids(storage.list_files(partition, suffix=".parquet"))
+        kept_files = set(storage.list_files(partition, suffix=".parquet"))
+        kept = track_ids(sorted(kept_files))
         kept |= track_ids(storage.list_files(storage.join(partition, "errors"), suffix=".parquet"))
         if kept & done:  # not what that run could have written: start over
             log.warning("removing %s: it repeats tracks of finished runs", partition)
             storage.delete_tree(partition)
-            partition, kept = None, set()
+            partition, kept, kept_files = None, set(), set()
     if partition is None:
         run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        return storage.join(config.out, run_id), kept, done, earlier
+        return OpenPartition(storage.join(config.out, run_id), kept, kept_files, done, earlier)
     log.info("continuing the interrupted run %s: %d tracks done, kept", partition, len(kept))
-    return partition, kept, done, earlier
+    return OpenPartition(partition, kept, kept_files, done, earlier)
+
+
+def _drop_late_files(partition: str, *, trusted: set[str], attempt: str) -> None:
+    """Remove the label files that neither this run (``attempt``) wrote nor were there
+    when it started: a killed run's write tasks can finish a file after their job died,
+    and its tracks were labelled again by this run. Every track stays labelled once."""
+    late = [
+        f
+        for f in storage.list_files(partition, suffix=".parquet")
+        if f not in trusted and not posixpath.basename(f).startswith(f"labels-{attempt}-")
+    ]
+    for f in late:
+        storage.delete(f)
+    if late:
+        log.warning(
+            "removed %d label file(s) a killed run finished after this run began", len(late)
+        )
 
 
 def _plan(config: LabelConfig, source: LabelSource, model: Any) -> LabelPlan:
@@ -370,9 +394,12 @@ def _write_labels(
     checkpoint: str,
     dataset_tags: list[str] | None,
     partition: str,
+    attempt: str,
 ) -> None:
     """Run the model actors over ``ds`` and write their rows into ``partition``."""
     import ray
+
+    from genreflow.pipelines.label_files import LabelFiles
 
     labels = ds.map_batches(
         Labeller,
@@ -391,18 +418,12 @@ def _write_labels(
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
-    # The job's own process writes the label files as the rows stream in: label rows
-    # are small (about 350 bytes a track), and a write stage of tasks started a
-    # worker process for each file once the actors held every idle worker, its
-    # 140 MiB heap coming and going beside them (bench/RESULTS.md). Each file is
-    # written whole or not at all; the run record marks the partition complete.
-    first = len(storage.list_files(partition, suffix=".parquet"))  # a continued run's
-    for i, batch in enumerate(
-        labels.iter_batches(batch_size=config.rows_per_file, batch_format="pyarrow"),
-        start=first,
-    ):
-        assert isinstance(batch, pa.Table)
-        storage.write_parquet_atomic(batch, storage.join(partition, f"labels-{i:05d}.parquet"))
+    # Written where the rows are made: each write task takes the actors' blocks on its
+    # node and writes one file of at least rows_per_file rows.
+    labels.write_datasink(
+        LabelFiles(partition, config.rows_per_file, attempt=attempt),
+        ray_remote_args={"num_cpus": config.resources.write_cpus},
+    )
 
 
 def _samples(partition: str, n: int = 3) -> list[dict[str, Any]]:

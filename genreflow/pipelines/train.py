@@ -38,6 +38,7 @@ from genreflow.formats.dataset import (
     MOOD_CLASSES,
     read_dataset_manifest,
 )
+from genreflow.label import model_seconds_per_track
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab, load_word2vec_text
 from genreflow.multilabel import pos_weights
@@ -286,6 +287,7 @@ def _fit(
     datasets: dict[str, Any],
     *,
     name: str,
+    use_gpu: bool,
     testing_crash: bool = True,
 ) -> Any:
     import ray.train
@@ -293,7 +295,6 @@ def _fit(
 
     genres = manifest["labels"]["genre"]
     tags = manifest["labels"].get("tags", []) if config.task != "single" else []
-    use_gpu = config.resources.use_gpu is True  # run_train resolved auto
     worker_env = {}
     if config.resources.worker_niceness is not None:
         worker_env["RAY_worker_niceness"] = str(config.resources.worker_niceness)
@@ -416,13 +417,13 @@ def epoch_progress(config: TrainConfig, *, name: str, every_s: float = 2.0) -> I
         thread.join()
 
 
-def _check_resources(config: TrainConfig) -> bool:
+def _check_resources(config: TrainConfig, *, use_gpu: bool) -> bool:
     """Wait for the workers' resources: at once on a local Ray (which cannot grow), up
     to ``resource_wait_s`` on a cluster, whose autoscaler is asked for them; whether it
     was asked."""
     bundle = {
         "CPU": config.resources.cpus_per_worker,
-        **({"GPU": 1.0} if config.resources.use_gpu else {}),
+        **({"GPU": 1.0} if use_gpu else {}),
     }
     return wait_for_resources(
         [bundle] * config.resources.num_workers,
@@ -447,28 +448,33 @@ def run_train(config: TrainConfig) -> TrainResult:
     present, possible = cluster_gpus()
     use_gpu = wants_gpus(
         config.resources.use_gpu, present=present, possible=possible, what="training"
+    )  # resolved here once and passed on; the config stays as the user wrote it
+    log.info(
+        "train plan: %d worker(s), %s CPU(s) each%s",
+        config.resources.num_workers,
+        config.resources.cpus_per_worker,
+        ", one GPU each" if use_gpu else ", no GPU",
     )
-    config = dataclasses.replace(
-        config, resources=dataclasses.replace(config.resources, use_gpu=use_gpu)
-    )
-    asked = _check_resources(config)
+    asked = _check_resources(config, use_gpu=use_gpu)
     mark_started()
     try:
-        return _run(config, manifest, start)
+        return _run(config, manifest, start, use_gpu=use_gpu)
     finally:
         if asked:  # the cluster may let the workers' nodes go
             withdraw_resource_request()
 
 
-def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainResult:
+def _run(
+    config: TrainConfig, manifest: dict[str, Any], start: float, *, use_gpu: bool
+) -> TrainResult:
     """``run_train`` once its checks passed and its workers' resources are there."""
     vocab = build_lyrics_vocab(config) if model_class(config.model).uses_lyrics else None
     metrics: dict[str, Any] = {}
     if config.folds:
-        metrics["cross_validation"] = _cross_validate(config, manifest, vocab)
+        metrics["cross_validation"] = _cross_validate(config, manifest, vocab, use_gpu=use_gpu)
     datasets = setup_data(config, manifest, vocab, RUN_PARTS)
     test_ds = datasets.pop("test", None)
-    result = _fit(config, manifest, vocab, datasets, name="run")
+    result = _fit(config, manifest, vocab, datasets, name="run", use_gpu=use_gpu)
     if result.error is not None:
         raise GenreflowError(f"training failed: {result.error}")
     best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
@@ -481,7 +487,13 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
     test_metrics: dict[str, Any] = {"count": 0}
     if test_ds is not None and manifest["counts"]["by_split"].get("test"):
         test_metrics = evaluate(
-            score_split(test_ds, best_path, config),
+            score_split(
+                test_ds,
+                best_path,
+                config,
+                use_gpu=use_gpu,
+                tracks=int(manifest["counts"]["by_split"]["test"]),
+            ),
             loaded.genres,
             loaded.moods,
             task=loaded.task,
@@ -500,6 +512,7 @@ def _run(config: TrainConfig, manifest: dict[str, Any], start: float) -> TrainRe
             "history": history,
             "test": test_metrics,
             "task": config.task,
+            "device": "cuda" if use_gpu else "cpu",  # where the workers trained
             "labels": {
                 "genre": manifest["labels"]["genre"],
                 "mood": loaded.moods,
@@ -529,13 +542,24 @@ class SplitScorer:
         return predict(self.model, [tensors])
 
 
-def score_split(ds: Any, checkpoint: str, config: TrainConfig) -> dict[str, np.ndarray]:
-    """The predictions of ``checkpoint`` over the prepared split ``ds``, made where its
-    rows are by an actor pool shaped like the training workers (their CPUs, a GPU each
-    where they trained on GPUs); the driver gathers the per-track probabilities only."""
+def score_split(
+    ds: Any, checkpoint: str, config: TrainConfig, *, use_gpu: bool, tracks: int
+) -> dict[str, np.ndarray]:
+    """The predictions of ``checkpoint`` over the prepared split ``ds`` of ``tracks``
+    tracks, made where its rows are by an actor pool shaped like the training workers
+    (their CPUs, a GPU each where they trained on GPUs); the driver gathers the
+    per-track probabilities only. A split the model scores in seconds
+    (:func:`_scores_here`) is scored in this process instead: the pool's start alone
+    costs more."""
     import ray
 
-    use_gpu = config.resources.use_gpu is True  # run_train resolved auto
+    if not use_gpu and config.resources.score_local_s > 0:
+        loaded = ckpt.load_model(checkpoint)
+        if _scores_here(loaded, config, tracks):
+            cpu = torch.device("cpu")
+            batches = ds.iter_batches(batch_size=config.batch_size, batch_format="numpy")
+            tensors = (to_device(tensor_batch(b, float_tokens=True), cpu) for b in batches)
+            return predict(loaded.model, tensors)
     scored = ds.map_batches(
         SplitScorer,
         fn_constructor_kwargs={
@@ -555,6 +579,18 @@ def score_split(ds: Any, checkpoint: str, config: TrainConfig) -> dict[str, np.n
     return {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
 
 
+def _scores_here(loaded: ckpt.LoadedModel, config: TrainConfig, tracks: int) -> bool:
+    """Whether this process scores ``tracks`` tracks in under ``resources.score_local_s``
+    seconds, at the speed the model shows on one CPU thread
+    (:func:`genreflow.label.model_seconds_per_track`: milliseconds a track for the tiny
+    models, about a second for the musicnn front end)."""
+    try:
+        seconds = model_seconds_per_track(loaded.model, loaded.spec)
+    except (RuntimeError, TypeError, ValueError):  # a model that needs more than tokens
+        return False
+    return seconds * tracks < config.resources.score_local_s
+
+
 def _checkpoint_uri(config: TrainConfig, path: str) -> str:
     """Ray reports remote checkpoint paths without their scheme; give it back."""
     root = _storage_path(config)
@@ -569,7 +605,7 @@ def _history(config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def _cross_validate(
-    config: TrainConfig, manifest: dict[str, Any], vocab: LyricsVocab | None
+    config: TrainConfig, manifest: dict[str, Any], vocab: LyricsVocab | None, *, use_gpu: bool
 ) -> dict[str, Any]:
     """k folds over the training split, artist-disjoint; each fold validates on itself
     and trains on the others. Returns the folds' best validation macro-F1, mean and std."""
@@ -582,7 +618,9 @@ def _cross_validate(
             storage_path=storage.join(_storage_path(config), f"fold-{k}"),
             resume=False,
         )
-        result = _fit(fold_config, manifest, vocab, datasets, name="run", testing_crash=False)
+        result = _fit(
+            fold_config, manifest, vocab, datasets, name="run", use_gpu=use_gpu, testing_crash=False
+        )
         if result.error is not None:
             raise GenreflowError(f"cross-validation fold {k} failed: {result.error}")
         history = _history(fold_config)

@@ -40,7 +40,6 @@ from genreflow.train import (
     Part,
     TrainConfig,
     epoch_seed,
-    prefetch_batches,
     tensor_batch,
     to_device,
 )
@@ -228,6 +227,16 @@ def _n_tags(config: TrainConfig) -> int:
     if config.task == "single":
         return 0
     return len(read_dataset_manifest(config.data)["labels"].get("tags", []))
+
+
+def prefetch_batches(config: TrainConfig, device: torch.device) -> int:
+    """Batches the iterator prepares ahead in a background thread. On a GPU the CPU is
+    free while the device computes, so one batch ahead hides the data work; on a CPU
+    worker a background thread takes cores from the step's torch threads, whose
+    parallel regions then wait for the slowest thread, so batches are made in line."""
+    if config.resources.prefetch_batches is not None:
+        return config.resources.prefetch_batches
+    return 1 if device.type == "cuda" else 0
 
 
 class ShardBatches:

@@ -38,7 +38,7 @@ def fma(tmp_path_factory: pytest.TempPathFactory) -> FmaFixture:
 @pytest.fixture(scope="module")
 def fma_dataset(fma: FmaFixture, ray_session: None) -> Path:
     out = fma.root / "dataset"
-    overrides = [f"catalog={fma.root}", f"out={out}", "fma_subset=large", *FMA_SPEC]
+    overrides = [f"catalog={fma.root}", f"out={out}", "catalog_options.fma_subset=large", *FMA_SPEC]
     run_ingest(load_config(IngestConfig, overrides=overrides))
     return out
 
@@ -160,7 +160,7 @@ def test_labels_from_fmas_own_folders(multi_run: Path, fma: FmaFixture, tmp_path
     out = tmp_path / "labels"
     config = load_config(
         LabelConfig,
-        overrides=["fma_subset=large", "max_error_rate=0.5"],
+        overrides=["catalog_options.fma_subset=large", "max_error_rate=0.5"],
         checkpoint=str(multi_run),
         input=str(fma.root),
         out=str(out),

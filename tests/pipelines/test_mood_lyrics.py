@@ -34,7 +34,7 @@ from tests.pipelines.conftest import SMALL_SPEC
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 SR = 22050
-SPLITS = ["split_fractions=[0.5, 0.25, 0.25]"]
+SPLITS = ["catalog_options.split_fractions=[0.5, 0.25, 0.25]"]
 
 
 def voice(freq_hz: float, *, buzzy: bool, seed: int, duration_s: float = 8.0) -> np.ndarray:

@@ -78,6 +78,8 @@ def test_a_run_writes_metrics_and_a_loadable_best_checkpoint(
     )
     assert "mood" in metrics["test"]  # the multitask model's mood head is evaluated too
     assert epochs_done(out) == [0, 1]
+    # where it trained is recorded beside the config, which stays as it was written
+    assert metrics["device"] == "cpu" and metrics["config"]["resources"]["use_gpu"] == "auto"
     epoch = json.loads((out / "epochs" / "epoch-0001.json").read_text())
     n_train = json.loads((dataset / "_dataset.json").read_text())["counts"]["by_split"]["train"]
     assert epoch["steps"] == math.ceil(n_train / 8)  # the one worker saw the whole split
@@ -323,3 +325,34 @@ def test_an_epoch_reads_each_splits_rows_once_from_shards_of_its_own(dataset: Pa
         )
         assert read.count() == manifest["counts"]["by_split"][split]
     assert seen == {str(f) for f in (dataset / "shards").glob("*.parquet")}
+
+
+def test_the_test_split_scored_here_equals_the_actor_pools_scores(
+    dataset: Path, trained_checkpoint: str
+) -> None:
+    """A small test split is scored in the job's process; a large one (or
+    ``resources.score_local_s=0``) by an actor pool beside its rows: the same numbers."""
+    from genreflow.formats.dataset import read_dataset_manifest
+    from genreflow.pipelines.train import score_split
+    from genreflow.pipelines.train_data import setup_data
+    from genreflow.train import RUN_PARTS
+
+    manifest = read_dataset_manifest(str(dataset))
+    tracks = manifest["counts"]["by_split"]["test"]
+    scores = {}
+    for seconds in (20.0, 0.0):
+        config = load_config(
+            TrainConfig, overrides=[f"resources.score_local_s={seconds}"], data=str(dataset)
+        )
+        test = setup_data(config, manifest, None, RUN_PARTS)["test"]
+        scores[seconds] = score_split(
+            test, trained_checkpoint, config, use_gpu=False, tracks=tracks
+        )
+    from genreflow.pipelines.train import _scores_here
+
+    small = load_config(TrainConfig, data=str(dataset))  # the default: scored here
+    assert _scores_here(ckpt.load_model(trained_checkpoint), small, tracks)
+    here, pool = scores[20.0], scores[0.0]
+    assert set(here) == set(pool) and len(here["genre"]) == tracks > 0
+    for key in here:
+        np.testing.assert_allclose(here[key], pool[key], atol=1e-5)
