@@ -41,6 +41,8 @@ case "$what" in
     .venv/bin/ruff format --check .
     .venv/bin/mypy
     # pytest exits 5 when it collected nothing; that is a failure here, like any other non-zero.
-    exec .venv/bin/python -m pytest "${@:2}"
+    # Two test processes (GENREFLOW_TEST_WORKERS=1: one), each file's tests in one of them:
+    # much of a Ray test is spent waiting on process starts, which the other one fills.
+    exec .venv/bin/python -m pytest -n "${GENREFLOW_TEST_WORKERS:-2}" --dist loadfile "${@:2}"
     ;;
 esac

@@ -13,6 +13,12 @@ from tests.audio_fixtures import write_tone
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow modules (whole pipelines, clusters) first: with two test processes
+    (``scripts/dev.sh test``), a long module started last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
     with socket.socket() as s:

@@ -2,19 +2,23 @@
 
 A head (``ray start --head``) and a second node (``ray start --address ...``), each
 with one CPU, both with ``RAY_AUTH_MODE=disabled`` (as is the client), which is Ray's
-documented way to run without token authentication on a trusted network. The session's
-embedded Ray is stopped while this module runs (``ray stop`` ends every Ray process of
-the machine) and started again afterwards.
+documented way to run without token authentication on a trusted network. The cluster keeps
+its files in a temporary folder of its own and is stopped by ending its own processes
+(those naming that folder or its GCS port, and their children): ``ray stop`` would end
+every Ray of the machine, another test's or a user's among them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +29,8 @@ import pytest
 
 from genreflow.demo_catalog import make_demo_catalog
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -50,6 +56,7 @@ class Cluster:
     def __init__(self) -> None:
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.temp_dir = tempfile.mkdtemp(prefix="gf-ray-", dir="/tmp")  # short: socket paths
 
     def start(self) -> None:
         dash_port = self.dashboard.rsplit(":", 1)[1]
@@ -58,6 +65,7 @@ class Cluster:
             f"--port={self.gcs.rsplit(':', 1)[1]}", "--num-cpus=1",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}", "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}", f"--ray-client-server-port={free_port()}",
         )  # fmt: skip
         assert head.returncode == 0, head.stderr[-2000:]
         worker = ray_cli(
@@ -72,6 +80,26 @@ class Cluster:
                 return
             time.sleep(1)
         raise AssertionError(f"the second node never joined: {status.stdout}{status.stderr}")
+
+    def stop(self) -> None:
+        """End this cluster's processes and theirs (job drivers, workers), nothing else."""
+        import psutil
+
+        port = self.gcs.rsplit(":", 1)[1]
+        own = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            words = proc.info["cmdline"] or []
+            if any(self.temp_dir in w or w.endswith(f":{port}") for w in words):
+                own.append(proc)
+        everything = {p.pid: p for p in own}
+        for proc in own:
+            with contextlib.suppress(psutil.Error):
+                everything.update({c.pid: c for c in proc.children(recursive=True)})
+        for proc in everything.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(list(everything.values()), timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def submit(self, script: str, config: str, *overrides: str) -> str:
         job = f"genreflow-test-{uuid.uuid4().hex[:8]}"
@@ -123,13 +151,13 @@ def cluster() -> Iterator[Cluster]:
 
     from tests.conftest import start_session_ray
 
-    ray.shutdown()  # `ray stop` below would end the session's Ray anyway
+    ray.shutdown()  # its CPUs go to the cluster's jobs while this module runs
     made = Cluster()
     try:
         made.start()
         yield made
     finally:
-        ray_cli("stop", "--force")
+        made.stop()
         start_session_ray()
 
 

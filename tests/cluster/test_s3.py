@@ -42,6 +42,8 @@ from genreflow.train import TrainConfig
 from tests.conftest import free_port, start_session_ray
 from tests.faults import GENREFLOW, Endpoint, local_env
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["spec.clip_s=6", "spec.n_tokens=3", "spec.token_s=2.0", "spec.n_mels=64"]
 BUCKET = "genreflow-test"

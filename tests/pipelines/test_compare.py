@@ -16,7 +16,7 @@ from genreflow.errors import ConfigError
 from genreflow.pipelines import compare
 from genreflow.pipelines.compare import TABLE_COLUMNS, CompareConfig, run_compare
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def test_compare_writes_every_models_row_and_reports_a_failure(

@@ -31,7 +31,7 @@ from genreflow.train import TrainConfig
 from tests.audio_fixtures import write_audio
 from tests.pipelines.conftest import SMALL_SPEC
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 SR = 22050
 SPLITS = ["catalog_options.split_fractions=[0.5, 0.25, 0.25]"]

@@ -25,7 +25,7 @@ from genreflow.pipelines.train import run_train
 from genreflow.pretrained import musicnn as pretrained
 from genreflow.train import TrainConfig
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 REPO = Path(__file__).resolve().parents[2]
 # the musicnn preset with a 9 s clip of three 3 s tokens
