@@ -43,3 +43,33 @@ def test_folds_are_artist_disjoint_and_cover_the_training_split_once() -> None:
 def test_a_part_reads_only_the_columns_its_rule_needs() -> None:
     assert Part("val").columns == ["split"]
     assert fold_parts(0, 3)["val"].columns == ["split", "track_id", "artist_id"]
+
+
+def test_a_small_splits_table_is_shared_equally_and_shuffled_by_seed() -> None:
+    """Each worker of a small split's table gets every world-th row, the same number as
+    every other (as Ray Data's equal split), and a seed orders its batches repeatably."""
+    import numpy as np
+    import pyarrow as pa
+
+    from genreflow.pipelines.train_data import TableShard
+
+    tokens = np.arange(11 * 2 * 3, dtype=np.float32).reshape(11, 2, 3)
+    table = pa.table(
+        {
+            "tokens": pa.FixedShapeTensorArray.from_numpy_ndarray(tokens),
+            "genre_idx": pa.array(np.arange(11)),
+        }
+    )
+    shards = [TableShard(table, rank, 3) for rank in range(3)]
+    seen = [np.concatenate([b["genre_idx"] for b in s.batches(2, seed=None)]) for s in shards]
+    assert [len(rows) for rows in seen] == [3, 3, 3]
+    assert sorted(np.concatenate(seen).tolist()) == list(range(9))
+    one = TableShard(table, 0, 1)
+    batches = list(one.batches(4, seed=None))
+    assert [len(b["genre_idx"]) for b in batches] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([b["tokens"] for b in batches]), tokens)
+    first = np.concatenate([b["genre_idx"] for b in one.batches(4, seed=7)])
+    again = np.concatenate([b["genre_idx"] for b in one.batches(4, seed=7)])
+    other = np.concatenate([b["genre_idx"] for b in one.batches(4, seed=8)])
+    assert first.tolist() == again.tolist() != other.tolist()
+    assert sorted(first.tolist()) == list(range(11))

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from genreflow import checkpoint as ckpt
@@ -42,7 +43,7 @@ from genreflow.label import model_seconds_per_track
 from genreflow.models import model_class
 from genreflow.models.lyrics import LyricsVocab, load_word2vec_text
 from genreflow.multilabel import pos_weights
-from genreflow.pipelines.train_data import ShardBatches, setup_data
+from genreflow.pipelines.train_data import ShardBatches, TableShard, setup_data
 from genreflow.ray_compat import health_check_interval
 from genreflow.runtime import (
     cluster_gpus,
@@ -68,6 +69,8 @@ from genreflow.train import (
 )
 
 log = logging.getLogger(__name__)
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train V2's, default on
 
 # A testing aid, not a setting: set in the driver's environment, the first worker dies
 # (like a preempted node) after checkpointing this epoch, once; the run must recover.
@@ -303,7 +306,15 @@ def _fit(
     if testing_crash and os.environ.get(CRASH_AFTER_EPOCH_ENV):
         worker_env[CRASH_AFTER_EPOCH_ENV] = os.environ[CRASH_AFTER_EPOCH_ENV]
     counts = manifest["counts"]["by_split_genre"].get("train", {})
+    # small splits go to the workers whole through the object store, the rest as Ray
+    # datasets (each costs a split coordinator and Ray Data's actors)
+    tables = {name: ray.put(d) for name, d in datasets.items() if isinstance(d, pa.Table)}
+    if not (config.resources.address or os.environ.get("RAY_ADDRESS")):
+        # a local Ray has no node to drain: Ray Train's preemption watcher (an actor
+        # process a run) has nothing to watch
+        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     loop_config = {
+        "tables": tables,
         "config": dataclasses.asdict(config),
         "token_spec": manifest["token_spec"],
         "genres": genres,
@@ -339,7 +350,7 @@ def _fit(
             ),
             worker_runtime_env={"env_vars": worker_env} if worker_env else {},
         ),
-        datasets=datasets,
+        datasets={name: d for name, d in datasets.items() if name not in tables},
     )
     try:
         with (
@@ -557,9 +568,15 @@ def score_split(
         loaded = ckpt.load_model(checkpoint)
         if _scores_here(loaded, config, tracks):
             cpu = torch.device("cpu")
-            batches = ds.iter_batches(batch_size=config.batch_size, batch_format="numpy")
+            batches = (
+                TableShard(ds, 0, 1).batches(config.batch_size, seed=None)
+                if isinstance(ds, pa.Table)
+                else ds.iter_batches(batch_size=config.batch_size, batch_format="numpy")
+            )
             tensors = (to_device(tensor_batch(b, float_tokens=True), cpu) for b in batches)
             return predict(loaded.model, tensors)
+    if isinstance(ds, pa.Table):  # a small split prepared on the driver
+        ds = ray.data.from_arrow(ds)
     scored = ds.map_batches(
         SplitScorer,
         fn_constructor_kwargs={
@@ -695,6 +712,19 @@ def confusion_png(matrix: np.ndarray, labels: list[str], *, title: str) -> bytes
     return buffer.getvalue()
 
 
+def _shard(loop_config: dict[str, Any], name: str) -> Any:
+    """This worker's rows of a run part: its share of a small split's table, or its
+    stream of a Ray dataset's rows."""
+    import ray
+    import ray.train
+
+    if name in loop_config["tables"]:
+        context = ray.train.get_context()
+        table = ray.get(loop_config["tables"][name])
+        return TableShard(table, context.get_world_rank(), context.get_world_size())
+    return ray.train.get_dataset_shard(name)
+
+
 def _worker_recipe(
     config: TrainConfig, loop_config: dict[str, Any], device: torch.device
 ) -> TrainingRecipe:
@@ -742,8 +772,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             model, parallel_strategy_kwargs=recipe.ddp_options()
         )
     )
-    train_shard = ray.train.get_dataset_shard("train")  # RAY: this worker's stream of rows
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard = _shard(loop_config, "train")  # RAY: this worker's rows
+    val_shard = _shard(loop_config, "val")
     batches = ShardBatches(config, device, rank)
     for epoch in range(recipe.start_epoch, config.epochs):
         trained = recipe.train_epoch(batches(train_shard, shuffle_epoch=epoch), epoch=epoch)

@@ -107,12 +107,13 @@ def setup_data(
     vocab: LyricsVocab | None,
     parts: dict[str, Part],
 ) -> dict[str, Any]:
-    """The prepared Ray datasets of ``parts`` (their rows chosen by :class:`Part` alone),
-    built one of three ways by size: small splits are read on the driver and put in the
-    object store whole (no Ray Data tasks, seconds each, for a few megabytes); larger
-    ones stream from the shards through Ray Data and are materialized when they take
-    under a quarter of the object store; the largest stream again every epoch. On the
-    driver an empty part is left out."""
+    """The prepared splits of ``parts`` (their rows chosen by :class:`Part` alone), built
+    one of three ways by size: small splits are read and prepared on the driver as Arrow
+    tables, which the run hands each worker whole through the object store
+    (:class:`TableShard`: no Ray Data, whose per-run actors cost seconds of process starts
+    for a few megabytes); larger ones are Ray datasets streamed from the shards, and
+    materialized when they take under a quarter of the object store; the largest stream
+    again every epoch. On the driver an empty part is left out."""
     splits = sorted({part.split for part in parts.values()})
     extra = sorted({c for part in parts.values() for c in part.columns} - {"split"})
     if _cache(config, manifest, splits, limit=SMALL_SPLIT_BYTES):
@@ -148,12 +149,9 @@ def _small_tables(
     return {split: pa.concat_tables(tables) for split, tables in parts.items()}
 
 
-def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
-    """Prepare rows on the driver and put them in the object store as a dataset: the same
-    rows as :func:`_prepare_frame`, without starting Ray Data tasks (seconds each) for a
-    few megabytes."""
-    import ray
-
+def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConfig) -> pa.Table:
+    """Prepare rows on the driver: the same rows and columns as :func:`_prepare_frame`,
+    as one Arrow table that the run hands its workers whole (see :class:`TableShard`)."""
     max_s, max_w = _lyrics_bounds(config, vocab)
     prepared = prepare_batch(
         {
@@ -174,7 +172,7 @@ def _table_dataset(table: pa.Table, vocab: LyricsVocab | None, config: TrainConf
         else pa.array(value)
         for name, value in prepared.items()
     }
-    return ray.data.from_arrow(pa.table(arrays))
+    return pa.table(arrays)
 
 
 def _prepare_frame(ds: Any, vocab: LyricsVocab | None, config: TrainConfig) -> Any:
@@ -239,6 +237,36 @@ def prefetch_batches(config: TrainConfig, device: torch.device) -> int:
     return 1 if device.type == "cuda" else 0
 
 
+class TableShard:
+    """A worker's rows of a small prepared split held whole in the object store: every
+    ``world``-th row from ``rank`` on, the same number on every worker (as Ray Data's
+    equal split gives them), as numpy columns."""
+
+    def __init__(self, table: pa.Table, rank: int, world: int) -> None:
+        per_worker = table.num_rows // world
+        take = np.arange(rank, per_worker * world, world)
+        self.columns = {
+            name: _numpy_column(table.column(name)).take(take, axis=0)
+            for name in table.column_names
+        }
+        self.rows = len(take)
+
+    def batches(self, batch_size: int, *, seed: int | None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of ``batch_size`` rows, in a seeded random order when ``seed`` is given."""
+        order = np.random.default_rng(seed).permutation(self.rows) if seed is not None else None
+        for start in range(0, self.rows, batch_size):
+            rows = np.arange(start, min(start + batch_size, self.rows))
+            picked = order[rows] if order is not None else rows
+            yield {name: column[picked] for name, column in self.columns.items()}
+
+
+def _numpy_column(column: pa.ChunkedArray) -> np.ndarray:
+    array = column.combine_chunks()
+    if isinstance(array.type, pa.FixedShapeTensorType):
+        return np.asarray(array.to_numpy_ndarray())
+    return np.asarray(array.to_numpy(zero_copy_only=False))
+
+
 class ShardBatches:
     """A worker's device batches from its Ray dataset shard: ``batch_size`` rows, shuffled
     in a local buffer for training (seeded by epoch and rank), converted with numpy
@@ -258,7 +286,14 @@ class ShardBatches:
     def __call__(
         self, shard: Any, *, shuffle_epoch: int | None = None
     ) -> Iterator[dict[str, Tensor]]:
+        """Batches of ``shard``: a Ray dataset shard (``get_dataset_shard``) or a
+        :class:`TableShard`; shuffled when ``shuffle_epoch`` is given."""
         config, shuffle = self.config, shuffle_epoch is not None
+        if isinstance(shard, TableShard):
+            seed = epoch_seed(config.seed, shuffle_epoch, self.rank) if shuffle else None
+            for rows in shard.batches(config.batch_size, seed=seed):
+                yield to_device(self.collate(rows), self.device)
+            return
         for batch in shard.iter_torch_batches(
             batch_size=config.batch_size,
             local_shuffle_buffer_size=config.shuffle_buffer if shuffle else None,

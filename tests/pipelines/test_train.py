@@ -265,7 +265,19 @@ def test_a_poll_interval_must_be_positive() -> None:
 
 
 def _rows(ds: Any) -> list[tuple[int, bytes]]:
-    rows = ds.take_all()
+    """A prepared split's (genre, tokens) rows, from a Ray dataset or a small split's table."""
+    import pyarrow as pa
+
+    from genreflow.pipelines.train_data import TableShard
+
+    if isinstance(ds, pa.Table):
+        rows = [
+            {"genre_idx": g, "tokens": t}
+            for batch in TableShard(ds, 0, 1).batches(1024, seed=None)
+            for g, t in zip(batch["genre_idx"], batch["tokens"], strict=True)
+        ]
+    else:
+        rows = ds.take_all()
     return sorted((int(r["genre_idx"]), np.asarray(r["tokens"]).tobytes()) for r in rows)
 
 
