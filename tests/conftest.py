@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow modules (whole pipelines, clusters) first: with two test processes
     (``scripts/dev.sh test``), a long module started last would run alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def build_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder that every test process of the run shares: the first to get here builds
+    it with ``build(folder)``, the others wait on a file lock and reuse it. Under
+    pytest-xdist each worker runs the session fixtures itself; what they build (a
+    dataset, a trained run) is read-only to the tests, so it is built once."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / f"shared-{name}"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 def free_port() -> int:

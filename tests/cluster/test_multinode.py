@@ -52,6 +52,17 @@ def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     )
 
 
+def node_ports() -> list[str]:
+    """Free ports for a node's agents, whose defaults (52365, ...) another Ray on the
+    machine may hold: a local Ray of another test, or a user's."""
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
+
+
 class Cluster:
     def __init__(self) -> None:
         self.gcs = f"127.0.0.1:{free_port()}"
@@ -66,11 +77,12 @@ class Cluster:
             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}", "--disable-usage-stats",
             f"--temp-dir={self.temp_dir}", f"--ray-client-server-port={free_port()}",
+            *node_ports(),
         )  # fmt: skip
         assert head.returncode == 0, head.stderr[-2000:]
         worker = ray_cli(
             "start", f"--address={self.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-            "--resources", '{"second_node": 1}',
+            "--resources", '{"second_node": 1}', *node_ports(),
         )  # fmt: skip
         assert worker.returncode == 0, worker.stderr[-2000:]
         deadline = time.time() + 60
@@ -277,7 +289,7 @@ def add_node(cluster: Cluster, resource: str) -> list[int]:
     port = free_port()
     started = ray_cli(
         "start", f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-        f"--node-manager-port={port}", "--resources", json.dumps({resource: 1}),
+        f"--node-manager-port={port}", "--resources", json.dumps({resource: 1}), *node_ports(),
     )  # fmt: skip
     assert started.returncode == 0, started.stderr[-2000:]
     pids = raylets_on_port(port)

@@ -15,6 +15,7 @@ from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
 from genreflow.pipelines.train import run_train
 from genreflow.train import TrainConfig
+from tests.conftest import build_once
 
 SMALL_SPEC = ["spec.clip_s=8", "spec.n_tokens=4", "spec.token_s=2.0", "spec.n_mels=64"]
 # the trained_run fixture's settings: a run with these resumes to its weights to the bit
@@ -23,33 +24,36 @@ TRAINED_RUN = ["epochs=2", "batch_size=8", "lr=0.003", "deterministic=true"]
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
-    root = tmp_path_factory.mktemp("train-data")
-    manifest = make_demo_catalog(
-        root / "catalog",
-        tracks_per_genre=10,
-        artists_per_genre=10,
-        duration_s=8.0,
-        genres=["ambient", "electronic", "rock"],
-    )
-    out = root / "dataset"
-    run_ingest(load_config(IngestConfig, overrides=SMALL_SPEC, catalog=str(manifest), out=str(out)))
-    return out
+    def build(root: Path) -> None:
+        manifest = make_demo_catalog(
+            root / "catalog",
+            tracks_per_genre=10,
+            artists_per_genre=10,
+            duration_s=8.0,
+            genres=["ambient", "electronic", "rock"],
+        )
+        overrides = SMALL_SPEC
+        run_ingest(
+            load_config(
+                IngestConfig, overrides=overrides, catalog=str(manifest), out=str(root / "dataset")
+            )
+        )
+
+    return build_once(tmp_path_factory, "train-data", build) / "dataset"
 
 
 @pytest.fixture(scope="session")
 def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 2-epoch run of the tiny signature model (the training defaults,
     deterministic: the crash tests resume to its weights)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    run_train(
-        load_config(
-            TrainConfig,
-            overrides=TRAINED_RUN,
-            data=str(dataset),
-            out=str(out),
+
+    def build(root: Path) -> None:
+        config = load_config(
+            TrainConfig, overrides=TRAINED_RUN, data=str(dataset), out=str(root / "run")
         )
-    )
-    return out
+        run_train(config)
+
+    return build_once(tmp_path_factory, "trained", build) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +66,11 @@ def labels(
     trained_checkpoint: str, dataset: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """One finished label run of the trained checkpoint over the dataset's shards."""
-    out = tmp_path_factory.mktemp("index-labels") / "labels"
-    run_label(
-        load_config(LabelConfig, checkpoint=trained_checkpoint, input=str(dataset), out=str(out))
-    )
-    return out
+
+    def build(root: Path) -> None:
+        config = load_config(
+            LabelConfig, checkpoint=trained_checkpoint, input=str(dataset), out=str(root / "labels")
+        )
+        run_label(config)
+
+    return build_once(tmp_path_factory, "index-labels", build) / "labels"

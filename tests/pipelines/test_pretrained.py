@@ -35,22 +35,30 @@ MUSICNN_SHORT = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("finetune", [True, False], ids=["as-shipped-fine-tuned", "frozen"])
-def test_recommended_config_trains_on_musicnn_and_labels(
-    finetune: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def musicnn_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A catalog and its ingest with the musicnn spec (both runs below read it)."""
+    root = tmp_path_factory.mktemp("musicnn")
     manifest = make_demo_catalog(
-        tmp_path / "catalog",
+        root / "catalog",
         tracks_per_genre=6,
         artists_per_genre=6,
         duration_s=9.0,
         genres=["ambient", "rock"],
     )
-    data = tmp_path / "dataset"
+    data = root / "dataset"
     run_ingest(
         load_config(IngestConfig, overrides=MUSICNN_SHORT, catalog=str(manifest), out=str(data))
     )
+    return manifest, data
+
+
+@pytest.mark.parametrize("finetune", [True, False], ids=["as-shipped-fine-tuned", "frozen"])
+def test_recommended_config_trains_on_musicnn_and_labels(
+    finetune: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, musicnn_data: tuple[Path, Path]
+) -> None:
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    manifest, data = musicnn_data
     run = tmp_path / "run"
     run_train(
         load_config(
