@@ -11,7 +11,7 @@ import pyarrow as pa
 from ray.data.block import BlockAccessor
 from ray.data.datasource.datasink import Datasink
 
-from genreflow import storage
+from genreflow import faultpoints, storage
 
 
 def label_file_name(attempt: str, track_ids: Iterable[str]) -> str:
@@ -46,4 +46,5 @@ class LabelFiles(Datasink[int]):
             rows = table.slice(start, self.rows_per_file)
             name = label_file_name(self.attempt, rows.column("track_id").to_pylist())
             storage.write_parquet_atomic(rows, storage.join(self.partition, name))
+            faultpoints.reached("labels:file-written")
         return table.num_rows

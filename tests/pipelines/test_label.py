@@ -26,7 +26,7 @@ from genreflow.pipelines.ingest import run_ingest
 from genreflow.pipelines.label import run_label
 from genreflow.resources import LabelResources
 from tests.audio_fixtures import write_audio
-from tests.faults import GENREFLOW, kill_when
+from tests.faults import GENREFLOW, kill_at
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -248,7 +248,7 @@ def test_a_new_model_version_relabels_everything(
 def test_a_label_run_killed_mid_write_continues_keeping_its_finished_files(
     trained_checkpoint: str, dataset: Path, labels: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL of the label command once its first files are written, then the same
+    """SIGKILL of the label command once its first file is written, then the same
     command again: the same partition is finished, the killed run's files are kept as
     they were, every track is labelled exactly once, and the rows are an uninterrupted
     run's."""
@@ -257,7 +257,7 @@ def test_a_label_run_killed_mid_write_continues_keeping_its_finished_files(
         *GENREFLOW, "label", "--checkpoint", trained_checkpoint, "--input", str(dataset),
         "--out", str(out), "rows_per_file=4", "resources.batch_size=4",
     ]  # fmt: skip
-    assert kill_when(cmd, lambda: len(list(out.glob("run-*/labels-*.parquet"))) >= 2)
+    assert kill_at(cmd, "labels:file-written", tmp_path / "stopped")  # once a file is whole
     (partition,) = out.glob("run-*")
     assert not (partition / RUN_FILE).exists()  # nothing claims to be finished
     before = {p.name: p.read_bytes() for p in sorted(partition.glob("labels-*.parquet"))}
