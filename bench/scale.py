@@ -10,7 +10,8 @@ dominate as they do per core on a cluster) with FMA's faults planted at FMA's ra
 as its own ``genreflow`` command with its own local Ray: ingest, train (one epoch,
 tiny preset, task=multi), label from audio, index, recommend, analyze, compare (two
 models, one epoch). Per stage: wall time, ms per track, the ``genreflow`` process's peak
-RSS (the driver), the largest Ray worker's peak RSS, bytes Ray spilled, and the files
+RSS (the driver; the kernel's high-water mark, read every 0.1 s), the largest Ray worker's
+peak RSS, bytes Ray spilled, and the files
 written with their size. The last table gives each stage's ratio between the largest and
 the smallest N. Catalogs are kept in bench/_work/scale/ and reused.
 """
@@ -118,8 +119,21 @@ def _spilled() -> int:
     return total
 
 
+def _peak_rss(process: psutil.Process) -> int:
+    """A process's peak RSS so far: the kernel's high-water mark (``VmHWM``), which a
+    spike between two samples cannot slip past; its current RSS where there is none."""
+    try:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(process.memory_info().rss)
+
+
 def run_stage(stage: str, cmd: list[str], *, tracks: int, out: Path | None) -> Measured:
-    """Run one ``genreflow`` command; sample its RSS and its Ray workers' every 0.1 s."""
+    """Run one ``genreflow`` command; read its peak RSS and its Ray workers' every 0.1 s."""
     spilled_before = _spilled()
     start = time.perf_counter()
     log = WORK / "logs" / f"{stage}-{tracks}.log"
@@ -134,13 +148,13 @@ def run_stage(stage: str, cmd: list[str], *, tracks: int, out: Path | None) -> M
             me = psutil.Process(proc.pid)
             while not stop.is_set():
                 with contextlib.suppress(psutil.Error):
-                    driver = max(driver, me.memory_info().rss)
-                for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                    driver = max(driver, _peak_rss(me))
+                for p in psutil.process_iter(["name", "cmdline"]):
                     try:
                         name = " ".join(p.info["cmdline"] or [p.info["name"] or ""])
-                        if name.startswith("ray::") and p.info["memory_info"] is not None:
-                            worker = max(worker, p.info["memory_info"].rss)
-                    except (psutil.Error, TypeError):
+                        if name.startswith("ray::"):
+                            worker = max(worker, _peak_rss(p))
+                    except (psutil.Error, TypeError, OSError):
                         continue
                 stop.wait(0.1)
 
