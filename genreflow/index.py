@@ -30,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from genreflow.config import path_field
 from genreflow.errors import ConfigError, GenreflowError, ShapeError
@@ -205,8 +206,8 @@ class Reservoir:
 @dataclass
 class BuiltIndex:
     index: faiss.Index  # a CPU index, whatever it was built on
-    track_ids: list[str]
-    genres: list[str | None]
+    track_ids: pa.Array  # [count] strings: position -> track id
+    genres: pa.Array  # [count] strings, null where unknown
     plan: IndexPlan
     dim: int
     params: dict[str, Any] = field(default_factory=dict)  # the tuned search parameter
@@ -342,33 +343,52 @@ def _fill_pass(
     centre: np.ndarray | None,
     dim: int,
     count: int,
-) -> tuple[list[str], list[str | None], Any, float]:
+) -> tuple[pa.Array, pa.Array, Any, float]:
     """Pass 2: add every block to the index, and search the held-out queries exactly
     against each block (the recall truth): ids, genres, the exact results, their time."""
-    k = min(RECALL_K + 1, count)
-    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    heap = faiss.ResultHeap(len(queries), min(RECALL_K + 1, count), keep_max=True)
     exact_seconds = 0.0
-    ids: list[str] = []
-    genres: list[str | None] = []
+    ids: list[pa.Array] = []  # Arrow strings: a few bytes a track, not a Python object
+    genres: list[pa.Array] = []
+    offset = 0
     for block in blocks():
         _check_dim(block.vectors, dim)
         vectors = centre_vectors(block.vectors, centre)
-        offset = len(ids)
         fill.add(vectors)
-        ids.extend(str(t) for t in block.track_ids)
+        ids.append(pa.array([str(t) for t in block.track_ids], pa.string()))
         block_genres = block.genres if block.genres is not None else [None] * len(vectors)
-        genres.extend(g if isinstance(g, str) else None for g in block_genres)
+        genres.append(
+            pa.array([g if isinstance(g, str) else None for g in block_genres], pa.string())
+        )
         t0 = time.perf_counter()
-        scores = queries @ vectors.T  # [queries, block]
-        kb = min(k, len(vectors))
+        _exact_top(heap, queries, vectors, offset)
+        exact_seconds += time.perf_counter() - t0
+        offset += len(vectors)
+    heap.finalize()
+    return _concat(ids), _concat(genres), heap, exact_seconds
+
+
+def _concat(chunks: list[pa.Array]) -> pa.Array:
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+
+
+EXACT_TILE = 1 << 20  # query x row scores per step of the exact search (16 MiB of work)
+
+
+def _exact_top(heap: Any, queries: np.ndarray, vectors: np.ndarray, offset: int) -> None:
+    """Add each query's best inner products over ``vectors`` (rows ``offset`` on) to
+    ``heap``, a tile of rows at a time so that the work arrays stay ``EXACT_TILE``
+    scores whatever the block size."""
+    step = max(1, EXACT_TILE // max(1, len(queries)))
+    for start in range(0, len(vectors), step):
+        tile = vectors[start : start + step]
+        scores = queries @ tile.T  # [queries, tile]
+        kb = min(heap.k, len(tile))
         top = np.argpartition(-scores, kb - 1, axis=1)[:, :kb]
         heap.add_result(
             np.take_along_axis(scores, top, axis=1).astype(np.float32),
-            (top + offset).astype(np.int64),
+            (top + offset + start).astype(np.int64),
         )
-        exact_seconds += time.perf_counter() - t0
-    heap.finalize()
-    return ids, genres, heap, exact_seconds
 
 
 def build_index(

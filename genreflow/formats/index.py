@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,8 +69,8 @@ def new_version() -> str:
 
 def write_version(
     index: faiss.Index,
-    track_ids: list[str],
-    genres: list[str | None],
+    track_ids: pa.Array | Sequence[str],
+    genres: pa.Array | Sequence[str | None],
     folder: str,
     info: dict[str, Any],
 ) -> None:
@@ -81,12 +82,16 @@ def write_version(
     ids = pa.table(
         {
             "position": pa.array(np.arange(int(index.ntotal)), pa.int64()),
-            "track_id": pa.array(track_ids, pa.string()),
-            "genre": pa.array(genres, pa.string()),
+            "track_id": _strings(track_ids),
+            "genre": _strings(genres),
         }
     )
     storage.write_parquet_atomic(ids, storage.join(folder, IDS_FILE))
     storage.write_json_atomic(storage.join(folder, MANIFEST_FILE), info)
+
+
+def _strings(values: pa.Array | Sequence[str | None]) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values, pa.string())
 
 
 def publish(out: str, version: str, info: dict[str, Any], *, keep: int) -> None:
@@ -121,8 +126,8 @@ class LoadedIndex:
     """A published index, ready to search."""
 
     index: faiss.Index
-    track_ids: np.ndarray  # [count] object: position -> track id
-    genres: np.ndarray  # [count] object (None where unknown)
+    track_ids: pa.Array  # [count] strings: position -> track id
+    genres: pa.Array  # [count] strings, null where unknown
     info: dict[str, Any]
     folder: str
     _positions: dict[str, int] | None = None
@@ -137,11 +142,11 @@ class LoadedIndex:
 
     def position(self, track_id: str) -> int:
         if self._positions is None:
-            self._positions = {str(t): i for i, t in enumerate(self.track_ids)}
+            self._positions = {t: i for i, t in enumerate(self.track_ids.to_pylist())}
         try:
             return self._positions[str(track_id)]
         except KeyError:
-            examples = ", ".join(map(str, self.track_ids[:3]))
+            examples = ", ".join(self.track_ids[:3].to_pylist())
             raise GenreflowError(
                 f"track id {track_id!r} is not in the index {self.folder!r} "
                 f"({self.count} tracks, e.g. {examples}); was it labelled by model "
@@ -219,7 +224,11 @@ class LoadedIndex:
 
     def rows(self, scores: np.ndarray, positions: np.ndarray) -> list[dict[str, Any]]:
         return [
-            {"track_id": str(self.track_ids[p]), "score": float(s), "genre": self.genres[p]}
+            {
+                "track_id": self.track_ids[int(p)].as_py(),
+                "score": float(s),
+                "genre": self.genres[int(p)].as_py(),
+            }
             for s, p in zip(scores, positions, strict=True)
             if p >= 0
         ]
@@ -267,8 +276,8 @@ def load_version(folder: str) -> LoadedIndex:
         set_search_param(index, name, info["params"][name])
     return LoadedIndex(
         index=index,
-        track_ids=np.asarray(ids.column("track_id").to_pylist(), dtype=object),
-        genres=np.asarray(ids.column("genre").to_pylist(), dtype=object),
+        track_ids=ids.column("track_id").combine_chunks(),
+        genres=ids.column("genre").combine_chunks(),
         info=info,
         folder=folder,
     )

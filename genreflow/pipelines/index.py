@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreflow import faultpoints, storage
@@ -57,7 +58,8 @@ class IndexResult:
 
 def embedding_blocks(files: list[str], *, version: str, batch_size: int) -> Iterator[fidx.Block]:
     """Stream ``(track_id, embedding, genre)`` blocks of one model version; each track
-    once (the first row met wins)."""
+    once (the first row met wins). Embeddings go from Arrow to NumPy without a Python
+    object per number."""
     seen: set[str] = set()
     for uri in files:
         fs, path = storage.resolve(uri)
@@ -65,28 +67,38 @@ def embedding_blocks(files: list[str], *, version: str, batch_size: int) -> Iter
             reader = pq.ParquetFile(handle)
             columns = ["track_id", "genre", "embedding", "model_version"]
             for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
-                frame = batch.to_pydict()
-                keep = [
-                    i
-                    for i, (t, v) in enumerate(
-                        zip(frame["track_id"], frame["model_version"], strict=True)
-                    )
-                    if v == version and t not in seen
-                ]
-                if not keep:
-                    continue
-                ids = [frame["track_id"][i] for i in keep]
-                seen.update(ids)
-                emb = batch.column("embedding").take(pa.array(keep))
-                dim = len(emb[0]) if len(emb) else 0
-                flat = emb.flatten().to_numpy(zero_copy_only=False)
-                if len(flat) != dim * len(keep):
-                    raise GenreflowError(f"{uri!r}: embeddings of differing lengths")
-                yield fidx.Block(
-                    np.asarray(ids, dtype=object),
-                    np.ascontiguousarray(flat.reshape(len(keep), dim), dtype=np.float32),
-                    np.asarray([frame["genre"][i] for i in keep], dtype=object),
-                )
+                block = _new_rows(batch, version=version, seen=seen, uri=uri)
+                if block is not None:
+                    yield block
+
+
+def _new_rows(
+    batch: pa.RecordBatch, *, version: str, seen: set[str], uri: str
+) -> fidx.Block | None:
+    """The rows of ``batch`` of model ``version`` whose track is not in ``seen`` (added
+    to it), as a block; None if there are none."""
+    batch = batch.filter(pc.equal(batch.column("model_version"), version))
+    ids: list[str] = batch.column("track_id").to_pylist()
+    keep: list[int] = []
+    for i, track in enumerate(ids):
+        if track not in seen:
+            seen.add(track)
+            keep.append(i)
+    if not keep:
+        return None
+    if len(keep) < len(ids):
+        batch = batch.take(pa.array(keep))
+        ids = [ids[i] for i in keep]
+    emb = batch.column("embedding")
+    dim = len(emb[0])
+    flat = emb.flatten().to_numpy(zero_copy_only=False)
+    if len(flat) != dim * len(ids):
+        raise GenreflowError(f"{uri!r}: embeddings of differing lengths")
+    return fidx.Block(
+        np.asarray(ids, dtype=object),
+        np.ascontiguousarray(flat.reshape(len(ids), dim), dtype=np.float32),
+        np.asarray(batch.column("genre").to_pylist(), dtype=object),
+    )
 
 
 def run_index(config: fidx.IndexConfig) -> IndexResult:
@@ -243,12 +255,16 @@ class NeighbourSearcher:
             else np.stack([np.asarray(e, dtype=np.float32) for e in embedding])
         )
         own = np.array([self.loaded.position(t) for t in ids], dtype=np.int64)
+        return self.table(ids, vectors, own)
+
+    def table(self, ids: list[str], vectors: np.ndarray, own: np.ndarray) -> pa.Table:
+        """The neighbour rows of tracks ``ids`` at index positions ``own``."""
         scores, found = self.loaded.search(vectors, self.k, exclude=own)
         valid = found >= 0  # [rows, k]; fewer tracks than k leaves -1 at the end
         offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
         neighbour = pa.StructArray.from_arrays(
             [
-                pa.array(self.loaded.track_ids[found[valid]], pa.string()),
+                self.loaded.track_ids.take(pa.array(found[valid])),
                 pa.array(scores[valid], pa.float32()),
             ],
             names=["track_id", "score"],
@@ -273,7 +289,13 @@ def _neighbours_in_process(
     rows = 0
     blocks = embedding_blocks(files, version=version, batch_size=config.resources.batch_size)
     for i, block in enumerate(blocks):
-        table = searcher({"track_id": block.track_ids, "embedding": block.vectors})
+        # the blocks come in the order the index was filled: a block's tracks sit at
+        # positions rows.. on, with no id lookup (checked, in case the labels changed)
+        own = np.arange(rows, rows + len(block.track_ids), dtype=np.int64)
+        stored = searcher.loaded.track_ids[rows : rows + len(own)]
+        if stored.to_pylist() != list(block.track_ids):
+            own = np.array([searcher.loaded.position(t) for t in block.track_ids], dtype=np.int64)
+        table = searcher.table([str(t) for t in block.track_ids], block.vectors, own)
         storage.write_parquet_atomic(table, storage.join(out, f"part-{i:05d}.parquet"))
         rows += table.num_rows
     return rows

@@ -126,7 +126,7 @@ def _served(out: Path) -> tuple[str, list[str], dict[str, list[str]]]:
     index = findex.open_index(str(out))
     table = read_neighbours(str(out)).to_pandas()
     neighbours = {row.track_id: list(row.neighbours) for row in table.itertuples()}
-    return index.info["version"], list(index.track_ids), neighbours
+    return index.info["version"], index.track_ids.to_pylist(), neighbours
 
 
 @pytest.mark.parametrize("point", ["index:version-written", "index:before-publish"])
