@@ -334,3 +334,39 @@ def test_publishing_is_atomic_and_keeps_recent_versions(tmp_path: Path) -> None:
     findex.publish(str(out), name, info, keep=2)
     assert findex.list_versions(str(out)) == [names[-1], name]
     assert findex.open_index(str(out)).count == 50
+
+
+def test_embedding_blocks_give_each_track_of_the_model_once(tmp_path: Path) -> None:
+    """The index reads one row per track of its model version: the first met wins, also
+    when a track repeats inside one batch or across files, and other models' rows and
+    their widths are skipped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genreflow.pipelines.index import embedding_blocks
+
+    def write(name: str, rows: list[tuple[str, str, list[float]]]) -> str:
+        table = pa.table(
+            {
+                "track_id": [r[0] for r in rows],
+                "genre": ["rock" if r[0] != "t3" else None for r in rows],
+                "embedding": pa.array([r[2] for r in rows], pa.list_(pa.float32())),
+                "model_version": [r[1] for r in rows],
+            }
+        )
+        pq.write_table(table, tmp_path / name)
+        return str(tmp_path / name)
+
+    first = write(
+        "a.parquet",
+        [("t1", "m1", [1, 0]), ("t2", "m2", [0, 0, 1]), ("t1", "m1", [0, 1]), ("t3", "m1", [2, 2])],
+    )
+    second = write("b.parquet", [("t3", "m1", [5, 5]), ("t4", "m1", [3, 3])])
+    blocks = list(embedding_blocks([first, second], version="m1", batch_size=100))
+    ids = [t for b in blocks for t in b.track_ids]
+    vectors = np.concatenate([b.vectors for b in blocks])
+    genres = [g for b in blocks for g in b.genres if b.genres is not None]
+    assert ids == ["t1", "t3", "t4"]
+    assert vectors.tolist() == [[1, 0], [2, 2], [3, 3]] and vectors.dtype == np.float32
+    assert genres == ["rock", None, "rock"]
+    assert list(embedding_blocks([first], version="m3", batch_size=100)) == []
