@@ -504,6 +504,7 @@ def _run(
                 config,
                 use_gpu=use_gpu,
                 tracks=int(manifest["counts"]["by_split"]["test"]),
+                loaded=loaded,
             ),
             loaded.genres,
             loaded.moods,
@@ -554,18 +555,24 @@ class SplitScorer:
 
 
 def score_split(
-    ds: Any, checkpoint: str, config: TrainConfig, *, use_gpu: bool, tracks: int
+    ds: Any,
+    checkpoint: str,
+    config: TrainConfig,
+    *,
+    use_gpu: bool,
+    tracks: int,
+    loaded: ckpt.LoadedModel | None = None,
 ) -> dict[str, np.ndarray]:
     """The predictions of ``checkpoint`` over the prepared split ``ds`` of ``tracks``
     tracks, made where its rows are by an actor pool shaped like the training workers
     (their CPUs, a GPU each where they trained on GPUs); the driver gathers the
     per-track probabilities only. A split the model scores in seconds
     (:func:`_scores_here`) is scored in this process instead: the pool's start alone
-    costs more."""
+    costs more. ``loaded``: ``checkpoint`` already loaded here, if it is."""
     import ray
 
     if not use_gpu and config.resources.score_local_s > 0:
-        loaded = ckpt.load_model(checkpoint)
+        loaded = loaded or ckpt.load_model(checkpoint)
         if _scores_here(loaded, config, tracks):
             cpu = torch.device("cpu")
             batches = (
