@@ -285,6 +285,9 @@ def _column_values(folder: str, column: str) -> Iterable[str]:
         yield from (v for v in table.column(column).to_pylist() if v)
 
 
+CATALOG_PROBLEMS_PREFIX = "catalog-"  # how the name of a catalog's refused rows begins
+
+
 def write_catalog_problems(out: str, catalog: Catalog, already: set[str]) -> int:
     """Record the catalog's refused rows in the errors table (once). Returns the count."""
     problems = catalog.problems
@@ -297,7 +300,8 @@ def write_catalog_problems(out: str, catalog: Catalog, already: set[str]) -> int
         error_row(r.track_id, r.uri, "catalog", _problem_kind(r.error), r.error)
         for r in fresh.itertuples(index=False)
     ]
-    name = "catalog-" + shard_name(f"{r['track_id']}|{r['uri']}|{r['error']}" for r in rows)
+    keys = (f"{r['track_id']}|{r['uri']}|{r['error']}" for r in rows)
+    name = CATALOG_PROBLEMS_PREFIX + shard_name(keys)
     storage.write_parquet_atomic(error_table(rows), storage.join(out, "errors", name))
     return len(rows)
 

@@ -29,8 +29,7 @@ from genreflow.catalog import CatalogOptions
 from genreflow.config import path_field
 from genreflow.decode import decode_tokens, error_table
 from genreflow.errors import ConfigError
-from genreflow.formats.dataset import shard_name
-from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA
+from genreflow.formats.labels import LABEL_FILE_ROWS, LABELS_SCHEMA, error_file_name
 from genreflow.models.base import inference_model
 from genreflow.multilabel import consistent_tags
 from genreflow.resources import LabelResources
@@ -459,12 +458,14 @@ def decode_for_label(
     *,
     spec: dict[str, Any],
     errors_dir: str,
+    attempt: str,
     min_duration_s: float,
     allow_silent: bool,
 ) -> dict[str, np.ndarray]:
     """The CPU stage for raw audio: decode and tokenize a batch of catalog rows.
 
-    Tracks that fail become error rows written to ``errors_dir`` (one file per batch);
+    Tracks that fail become error rows written to ``errors_dir`` (one file per batch,
+    named by the run ``attempt``: :func:`genreflow.formats.labels.error_file_name`);
     the rest come back as ``track_id, tokens [b, n_tokens, n_mels, frames] float16,
     duration_s, lyrics, genre``.
     """
@@ -490,7 +491,7 @@ def decode_for_label(
         return np.array([v if isinstance(v, str) else None for v in values], dtype=object)
 
     if errors:
-        name = shard_name(rows["track_id"].astype(str))
+        name = error_file_name(attempt, track_ids)
         storage.write_parquet_atomic(error_table(errors), storage.join(errors_dir, name))
     return {
         "track_id": np.array([track_ids[i] for i in decoded.index], dtype=object),

@@ -77,7 +77,7 @@ def test_ingest_and_labelling_apply_the_same_policy(batch: pd.DataFrame, tmp_pat
     assert shard["genre_idx"].to_pylist() == [2, 1]
 
     rows = decode_for_label(
-        batch, spec=SPEC.to_dict(), errors_dir=str(tmp_path / "errors"),
+        batch, spec=SPEC.to_dict(), errors_dir=str(tmp_path / "errors"), attempt="a1",
         min_duration_s=0.0, allow_silent=False,
     )  # fmt: skip
     assert rows["track_id"].tolist() == ["a", "b"]

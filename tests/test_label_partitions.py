@@ -128,15 +128,24 @@ def test_a_compaction_cut_before_its_record_is_an_unfinished_run(
 
 
 def test_a_file_a_killed_run_finished_late_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
-    """A continued run trusts the files it found and its own; a file a killed job's write
-    task finished after the continued run began holds tracks it labelled again."""
+    """A continued run trusts the files it found and its own; a label file a killed job's
+    write task, or an error file its decode task, finished after the continued run began
+    holds tracks it labelled (or failed) again. The catalog's refused rows are the job's."""
+    from genreflow.formats.labels import error_file_name, label_file_name
     from genreflow.pipelines.label import _drop_late_files
 
     part = tmp_path / "run-1"
-    part.mkdir()
-    found, mine, late = (part / n for n in ("labels-old-a.parquet", "labels-new-b.parquet",
-                                            "labels-old-c.parquet"))  # fmt: skip
-    for f in (found, mine, late):
+    (part / "errors").mkdir(parents=True)
+    found, mine, late = (part / label_file_name(a, [t]) for a, t in
+                         (("old", "a"), ("new", "b"), ("old", "c")))  # fmt: skip
+    errors = part / "errors"
+    found_e, mine_e, late_e = (errors / error_file_name(a, [t]) for a, t in
+                               (("old", "d"), ("new", "e"), ("old", "f")))  # fmt: skip
+    catalog = errors / "catalog-part-0123.parquet"
+    for f in (found, mine, late, found_e, mine_e, late_e, catalog):
         pq.write_table(pa.table({"track_id": [f.stem]}), f)
-    _drop_late_files(str(part), trusted={str(found)}, attempt="new")
-    assert sorted(p.name for p in part.iterdir()) == sorted([found.name, mine.name])
+    _drop_late_files(str(part), trusted={str(found), str(found_e)}, attempt="new")
+    assert sorted(p.name for p in part.glob("*.parquet")) == sorted([found.name, mine.name])
+    assert sorted(p.name for p in errors.iterdir()) == sorted(
+        [found_e.name, mine_e.name, catalog.name]
+    )

@@ -1,19 +1,24 @@
 """The labels folder: what ``genreflow label`` writes and the index, the report and
 ``recommend`` read.
 
-``<out>/run-<UTC time>-<id>/`` is one partition per label run: ``labels-<digest>.parquet``
-files of :data:`LABELS_SCHEMA` rows (each written whole by a write task beside the model
-actors, about ``rows_per_file`` rows, named by a digest of their track ids), ``errors/``
-(error rows of tracks that could not be labelled), :data:`STARTED_FILE` (the model
-version and input, written as the run starts) and, written last, :data:`RUN_FILE`: the
-run record that marks the partition complete. A partition without it is an interrupted
-run's, which readers skip; the next run with the same model and input continues it (its
-label files are kept), any other run removes it.
+``<out>/run-<UTC time>-<id>/`` is one partition per label run:
+``labels-<attempt>-<digest>.parquet`` files of :data:`LABELS_SCHEMA` rows (each written
+whole by a write task beside the model actors, about ``rows_per_file`` rows, named by the
+run attempt that wrote them and a digest of their track ids), ``errors/`` (error rows of
+tracks that could not be labelled: ``errors-<attempt>-<digest>.parquet`` from the decode
+tasks, ``catalog-*.parquet`` for the catalog rows refused before decoding),
+:data:`STARTED_FILE` (the model version and input, written as the run starts) and,
+written last, :data:`RUN_FILE`: the run record that marks the partition complete. A
+partition without it is an interrupted run's, which readers skip; the next run with the
+same model and input continues it (its label files are kept), any other run removes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +28,27 @@ import pyarrow.fs as pafs
 
 from genreflow import faultpoints, storage
 from genreflow.errors import GenreflowError
+
+
+def label_file_name(attempt: str, track_ids: Iterable[str]) -> str:
+    """A label file's name: the run attempt that wrote it and a digest of its tracks."""
+    return f"labels-{attempt}-{_digest(track_ids)}.parquet"
+
+
+def error_file_name(attempt: str, track_ids: Iterable[str]) -> str:
+    """The name of the error rows a decode task of run ``attempt`` wrote for ``track_ids``
+    (the tracks of its batch)."""
+    return f"errors-{attempt}-{_digest(track_ids)}.parquet"
+
+
+def written_by(uri: str, attempt: str) -> bool:
+    """Whether label or error file ``uri`` was written by run ``attempt``."""
+    return posixpath.basename(uri).startswith((f"labels-{attempt}-", f"errors-{attempt}-"))
+
+
+def _digest(track_ids: Iterable[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(track_ids)).encode()).hexdigest()[:20]
+
 
 RUN_FILE = "_run.json"
 STARTED_FILE = "_started.json"  # what a run labels with, written as it starts

@@ -42,8 +42,9 @@ from genreflow.formats.labels import (
     labelled_by,
     partitions,
     track_ids,
+    written_by,
 )
-from genreflow.ingest import write_catalog_problems
+from genreflow.ingest import CATALOG_PROBLEMS_PREFIX, write_catalog_problems
 from genreflow.label import (
     LabelConfig,
     Labeller,
@@ -158,10 +159,11 @@ class LabelSource:
         return self.manifest["labels"].get("tags") if self.manifest is not None else None
 
     def tokens(
-        self, config: LabelConfig, plan: LabelPlan, *, skip: set[str], partition: str
+        self, config: LabelConfig, plan: LabelPlan, *, skip: set[str], partition: str, attempt: str
     ) -> tuple[Any, int]:
         """The dataset of decoded tokens of the tracks not in ``skip``, and their count.
-        A catalog's refused rows and undecodable tracks become error rows of ``partition``."""
+        A catalog's refused rows and undecodable tracks become error rows of ``partition``
+        (the decode tasks' files named by the run ``attempt``)."""
         if self.kind == "shards":
             columns = ["track_id", "tokens", "duration_s", "lyrics", "genre", "split"]
             columns += _optional_shard_columns(self.uri, ["clip_start_s", "tag_idx"])
@@ -175,7 +177,7 @@ class LabelSource:
             return ds, self.tracks - len(skip)
         assert self.catalog is not None, "a catalog's tokens are made once"
         errors = storage.join(partition, "errors")
-        write_catalog_problems(errors, self.catalog, set())
+        write_catalog_problems(partition, self.catalog, set())  # into errors/
         tracks = self.catalog.tracks[~self.catalog.tracks["track_id"].isin(skip)]
         size = config.resources.shard_size
         chunks = [tracks.iloc[i : i + size] for i in range(0, len(tracks), size)]
@@ -195,6 +197,7 @@ class LabelSource:
                 "worklist": worklist,
                 "spec": self.spec.to_dict(),
                 "errors_dir": errors,
+                "attempt": attempt,
                 "min_duration_s": config.min_duration_s,
                 "allow_silent": config.allow_silent,
             },
@@ -245,9 +248,11 @@ def run_label(config: LabelConfig) -> LabelResult:
     storage.write_json_atomic(storage.join(partition, STARTED_FILE), {"run": run_id, **started})
     # before any dataset is made: each copies Ray Data's context
     with data_memory_limit(config.resources.inflight_gb, block_mb=config.resources.block_mb):
-        ds, todo = source.tokens(config, plan, skip=done | kept, partition=partition)
+        attempt = uuid.uuid4().hex[:8]  # names the files this run writes
+        ds, todo = source.tokens(
+            config, plan, skip=done | kept, partition=partition, attempt=attempt
+        )
         if todo:
-            attempt = uuid.uuid4().hex[:8]
             _write_labels(ds, config, plan, checkpoint, source.dataset_tags, partition, attempt)
             _drop_late_files(partition, trusted=opened.kept_files, attempt=attempt)
     storage.delete_tree(storage.join(partition, WORKLIST_DIR))
@@ -304,9 +309,12 @@ def _open_partition(config: LabelConfig, started: dict[str, Any]) -> OpenPartiti
     kept: set[str] = set()
     kept_files: set[str] = set()
     if partition is not None:  # an interrupted run of the same model and input
-        kept_files = set(storage.list_files(partition, suffix=".parquet"))
-        kept = track_ids(sorted(kept_files))
-        kept |= track_ids(storage.list_files(storage.join(partition, "errors"), suffix=".parquet"))
+        labelled = storage.list_files(partition, suffix=".parquet")
+        errors = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
+        kept_files = set(labelled) | set(errors)
+        # a refused catalog row is no track's outcome: a repeated id's first row is a track
+        failed = [f for f in errors if not _is_catalog_problems(f)]
+        kept = track_ids(labelled) | track_ids(failed)
         if kept & done:  # not what that run could have written: start over
             log.warning("removing %s: it repeats tracks of finished runs", partition)
             storage.delete_tree(partition)
@@ -319,20 +327,27 @@ def _open_partition(config: LabelConfig, started: dict[str, Any]) -> OpenPartiti
 
 
 def _drop_late_files(partition: str, *, trusted: set[str], attempt: str) -> None:
-    """Remove the label files that neither this run (``attempt``) wrote nor were there
-    when it started: a killed run's write tasks can finish a file after their job died,
-    and its tracks were labelled again by this run. Every track stays labelled once."""
+    """Remove the label and error files that neither this run (``attempt``) wrote nor
+    were there when it started: a killed run's write and decode tasks can finish a file
+    after their job died, and its tracks were labelled (or failed) again in this run.
+    Every track stays in one row. Catalog problem rows are the job's own, rewritten by
+    every run."""
     late = [
         f
         for f in storage.list_files(partition, suffix=".parquet")
-        if f not in trusted and not posixpath.basename(f).startswith(f"labels-{attempt}-")
+        + storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
+        if f not in trusted and not written_by(f, attempt) and not _is_catalog_problems(f)
     ]
     for f in late:
         storage.delete(f)
     if late:
-        log.warning(
-            "removed %d label file(s) a killed run finished after this run began", len(late)
-        )
+        log.warning("removed %d file(s) a killed run finished after this run began", len(late))
+
+
+def _is_catalog_problems(uri: str) -> bool:
+    """Whether error file ``uri`` holds the catalog rows the job refused (rewritten by
+    every run of the partition)."""
+    return posixpath.basename(uri).startswith(CATALOG_PROBLEMS_PREFIX)
 
 
 def _plan(config: LabelConfig, source: LabelSource, model: Any) -> LabelPlan:

@@ -3,7 +3,6 @@ model actors that made the rows, so no row passes through the job's own process.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,12 +11,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource.datasink import Datasink
 
 from genreflow import faultpoints, storage
-
-
-def label_file_name(attempt: str, track_ids: Iterable[str]) -> str:
-    """A label file's name: the run attempt that wrote it and a digest of its tracks."""
-    digest = hashlib.sha1("\n".join(sorted(track_ids)).encode()).hexdigest()[:20]
-    return f"labels-{attempt}-{digest}.parquet"
+from genreflow.formats.labels import label_file_name
 
 
 class LabelFiles(Datasink[int]):

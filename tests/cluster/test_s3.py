@@ -345,7 +345,7 @@ def test_a_track_in_s3_costs_a_few_requests(
 
     before = gets("requests/clip.mp3")
     batch = decode_for_label(
-        rows, spec=spec, errors_dir=str(tmp_path / "errors"), min_duration_s=1.0,
+        rows, spec=spec, errors_dir=str(tmp_path / "errors"), attempt="a1", min_duration_s=1.0,
         allow_silent=False,
     )  # fmt: skip
     assert len(batch["track_id"]) == 1

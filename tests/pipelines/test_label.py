@@ -187,8 +187,9 @@ def test_bad_audio_becomes_error_rows(
             ],
         }
     )
+    repeated = good.head(1).assign(uri=str(audio / "corrupt.mp3"))  # refused by the catalog
     catalog = tmp_path / "catalog.csv"
-    pd.concat([good, bad]).to_csv(catalog, index=False)
+    pd.concat([good, bad, repeated]).to_csv(catalog, index=False)
     config = load_config(
         LabelConfig,
         overrides=["max_error_rate=0.9", "resources.cpus_per_actor=1"],
@@ -199,7 +200,7 @@ def test_bad_audio_becomes_error_rows(
     before = repr(config)
     with caplog.at_level(logging.INFO, logger="genreflow.pipelines.label"):
         result = run_label(config)
-    assert result.labelled == 3 and result.errors == 4 and not result.failed
+    assert result.labelled == 3 and result.errors == 5 and not result.failed
     # the plan is one log line and the run record's; the config stays as the user gave it
     assert repr(config) == before and config.resources.actors is None
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("label plan")]
@@ -208,12 +209,23 @@ def test_bad_audio_becomes_error_rows(
     assert record["plan"]["source"] == "audio" and record["plan"]["cpus_per_actor"] == 1
     assert record["plan"]["actors"] == 1 and record["checkpoint"] == trained_checkpoint
     errors = pq.read_table(Path(result.partition) / "errors").to_pandas()
-    assert dict(zip(errors["track_id"], errors["kind"], strict=True)) == {
-        "corrupt": "undecodable",
-        "silent": "silent",
-        "short": "too_short",
-        "missing": "missing",
-    }
+    assert sorted(zip(errors["track_id"], errors["kind"], strict=True)) == sorted([
+        ("corrupt", "undecodable"),
+        ("silent", "silent"),
+        ("short", "too_short"),
+        ("missing", "missing"),
+        (str(good["track_id"].iloc[0]), "duplicate_track_id"),
+    ])  # fmt: skip
+    assert [p.name for p in (Path(result.partition) / "errors").iterdir() if p.is_dir()] == []
+    # cut before its record and its label file: the continued run labels the three again,
+    # the first row of the repeated id among them (its refused copy is no outcome of it)
+    (Path(result.partition) / RUN_FILE).unlink()
+    for f in Path(result.partition).glob("labels-*.parquet"):
+        f.unlink()
+    again = run_label(config)
+    assert again.partition == result.partition
+    assert again.labelled == 3 and again.errors == 5 and again.skipped == 0
+    assert read_labels(str(tmp_path / "labels"))["track_id"].is_unique
 
 
 def test_a_checkpoint_of_another_token_spec_is_refused(
