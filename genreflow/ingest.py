@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import posixpath
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -213,7 +214,7 @@ class OutputState:
     spec: TokenSpec
     vocabulary: list[str]
     done_ids: set[str]
-    error_ids: set[str]
+    error_ids: set[str]  # tracks that failed to decode: done as well
     taxonomy: Taxonomy | None = None  # the multi-label vocabulary and its parents
 
 
@@ -268,19 +269,25 @@ def prepare_output(
             },
         )
     storage.delete(storage.join(out, DATASET_FILE))
-    done = set(_column_values(storage.join(out, "shards"), "track_id"))
-    error_ids = set(_column_values(storage.join(out, "errors"), "track_id"))
+    shards = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
+    done = set(_column_values(shards, "track_id"))
+    error_files = storage.list_files(storage.join(out, "errors"), suffix=".parquet")
     if retry_errors:
-        for uri in storage.list_files(storage.join(out, "errors"), suffix=".parquet"):
+        for uri in error_files:
             storage.delete(uri)
-        error_ids = set()
+        error_files = []
+    # a refused catalog row is no track's outcome: a repeated id's first row is a track
+    failed = [f for f in error_files if not is_catalog_problems(f)]
     return OutputState(
-        spec=spec, vocabulary=vocabulary, done_ids=done, error_ids=error_ids, taxonomy=taxonomy
+        spec=spec,
+        vocabulary=vocabulary,
+        done_ids=done,
+        error_ids=set(_column_values(failed, "track_id")),
+        taxonomy=taxonomy,
     )
 
 
-def _column_values(folder: str, column: str) -> Iterable[str]:
-    files = storage.list_files(folder, suffix=".parquet")
+def _column_values(files: list[str], column: str) -> Iterable[str]:
     for table in storage.read_parquet_columns(files, [column]):
         yield from (v for v in table.column(column).to_pylist() if v)
 
@@ -288,21 +295,30 @@ def _column_values(folder: str, column: str) -> Iterable[str]:
 CATALOG_PROBLEMS_PREFIX = "catalog-"  # how the name of a catalog's refused rows begins
 
 
-def write_catalog_problems(out: str, catalog: Catalog, already: set[str]) -> int:
-    """Record the catalog's refused rows in the errors table (once). Returns the count."""
-    problems = catalog.problems
-    if problems.empty:
-        return 0
-    fresh = problems[~problems["track_id"].isin(already) | (problems["track_id"] == "")]
-    if fresh.empty:
-        return 0
+def is_catalog_problems(uri: str) -> bool:
+    """Whether error file ``uri`` holds a catalog's refused rows."""
+    return posixpath.basename(uri).startswith(CATALOG_PROBLEMS_PREFIX)
+
+
+def write_catalog_problems(out: str, catalog: Catalog) -> int:
+    """Record the catalog's refused rows in ``out/errors/``: one file named by its rows,
+    which replaces any other run's, so a rerun on the same catalog rewrites the same file
+    and every row is there once. Returns how many rows this run recorded (0 when an
+    earlier run recorded the same ones)."""
+    folder = storage.join(out, "errors")
+    earlier = [f for f in storage.list_files(folder, suffix=".parquet") if is_catalog_problems(f)]
     rows = [
         error_row(r.track_id, r.uri, "catalog", _problem_kind(r.error), r.error)
-        for r in fresh.itertuples(index=False)
+        for r in catalog.problems.itertuples(index=False)
     ]
     keys = (f"{r['track_id']}|{r['uri']}|{r['error']}" for r in rows)
-    name = CATALOG_PROBLEMS_PREFIX + shard_name(keys)
-    storage.write_parquet_atomic(error_table(rows), storage.join(out, "errors", name))
+    target = storage.join(folder, CATALOG_PROBLEMS_PREFIX + shard_name(keys)) if rows else ""
+    for stale in earlier:
+        if stale != target:
+            storage.delete(stale)
+    if not rows or target in earlier:
+        return 0
+    storage.write_parquet_atomic(error_table(rows), target)
     return len(rows)
 
 

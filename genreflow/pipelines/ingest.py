@@ -126,7 +126,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     state = prepare_output(config.out, config.spec, catalog, retry_errors=config.retry_errors)
     mark_started()
     errors_by_kind: Counter[str] = Counter()
-    problems = write_catalog_problems(config.out, catalog, state.error_ids)
+    problems = write_catalog_problems(config.out, catalog)
     if problems:
         errors_by_kind["catalog"] += problems
     tracks = catalog.tracks

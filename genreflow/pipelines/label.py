@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from genreflow.formats.labels import (
     track_ids,
     written_by,
 )
-from genreflow.ingest import CATALOG_PROBLEMS_PREFIX, write_catalog_problems
+from genreflow.ingest import is_catalog_problems, write_catalog_problems
 from genreflow.label import (
     LabelConfig,
     Labeller,
@@ -177,7 +176,7 @@ class LabelSource:
             return ds, self.tracks - len(skip)
         assert self.catalog is not None, "a catalog's tokens are made once"
         errors = storage.join(partition, "errors")
-        write_catalog_problems(partition, self.catalog, set())  # into errors/
+        write_catalog_problems(partition, self.catalog)  # into errors/
         tracks = self.catalog.tracks[~self.catalog.tracks["track_id"].isin(skip)]
         size = config.resources.shard_size
         chunks = [tracks.iloc[i : i + size] for i in range(0, len(tracks), size)]
@@ -313,7 +312,7 @@ def _open_partition(config: LabelConfig, started: dict[str, Any]) -> OpenPartiti
         errors = storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
         kept_files = set(labelled) | set(errors)
         # a refused catalog row is no track's outcome: a repeated id's first row is a track
-        failed = [f for f in errors if not _is_catalog_problems(f)]
+        failed = [f for f in errors if not is_catalog_problems(f)]
         kept = track_ids(labelled) | track_ids(failed)
         if kept & done:  # not what that run could have written: start over
             log.warning("removing %s: it repeats tracks of finished runs", partition)
@@ -336,18 +335,12 @@ def _drop_late_files(partition: str, *, trusted: set[str], attempt: str) -> None
         f
         for f in storage.list_files(partition, suffix=".parquet")
         + storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
-        if f not in trusted and not written_by(f, attempt) and not _is_catalog_problems(f)
+        if f not in trusted and not written_by(f, attempt) and not is_catalog_problems(f)
     ]
     for f in late:
         storage.delete(f)
     if late:
         log.warning("removed %d file(s) a killed run finished after this run began", len(late))
-
-
-def _is_catalog_problems(uri: str) -> bool:
-    """Whether error file ``uri`` holds the catalog rows the job refused (rewritten by
-    every run of the partition)."""
-    return posixpath.basename(uri).startswith(CATALOG_PROBLEMS_PREFIX)
 
 
 def _plan(config: LabelConfig, source: LabelSource, model: Any) -> LabelPlan:

@@ -177,6 +177,15 @@ def test_bad_input_becomes_error_rows_and_the_job_finishes(tmp_path: Path) -> No
     again = ingest(tmp_path / "bad.csv", out, "max_error_rate=0.9")
     assert again.rows_written == 0 and again.errors == 0  # type: ignore[attr-defined]
     assert len(read_errors(out)) == 8
+    # a run cut before good0's shard: the rerun ingests good0 (its refused repeat is no
+    # outcome of the track) and records the catalog's refused rows once
+    for shard in (out / "shards").glob("*.parquet"):
+        if "good0" in pq.read_table(shard, columns=["track_id"]).column(0).to_pylist():
+            shard.unlink()
+    resumed = ingest(tmp_path / "bad.csv", out, "max_error_rate=0.9")
+    assert resumed.rows_written > 0 and resumed.errors == 0  # type: ignore[attr-defined]
+    assert sorted(read_rows(out)["track_id"]) == ["good0", "good1", "good2", "good3"]
+    assert len(read_errors(out)) == 8
 
 
 def test_a_failure_rate_above_the_threshold_exits_non_zero_after_writing(tmp_path: Path) -> None:
