@@ -275,3 +275,30 @@ def test_bad_lyrics_and_valence_are_repaired_and_counted(tmp_path: Path) -> None
     assert catalog.notes["lyrics_file_unreadable"] == 2
     assert catalog.notes["valence_out_of_range"] == 2
     assert np.isnan(t.loc["b", "valence"]) and t.loc["a", "valence"] == 0.5
+
+
+def test_refused_rows_are_recorded_once_and_replaced_when_the_catalog_changes(
+    tmp_path: Path,
+) -> None:
+    """A rerun on the same catalog records nothing new (rows without a track id
+    included); a changed catalog's refused rows replace the earlier ones."""
+    from genreflow.catalog import CatalogOptions, read_catalog
+    from genreflow.ingest import write_catalog_problems
+
+    def catalog(ids: list[str]) -> Path:
+        path = tmp_path / "manifest.csv"
+        uris = [str(tmp_path / f"{i}.wav") for i in range(len(ids))]
+        pd.DataFrame({"track_id": ids, "uri": uris}).to_csv(path, index=False)
+        return path
+
+    def recorded() -> list[str]:
+        files = sorted((tmp_path / "out" / "errors").glob("*.parquet"))
+        return sorted(str(e) for f in files for e in pd.read_parquet(f)["error"])
+
+    first = read_catalog(str(catalog(["a", "", "a"])), CatalogOptions())
+    assert write_catalog_problems(str(tmp_path / "out"), first) == 2
+    assert write_catalog_problems(str(tmp_path / "out"), first) == 0
+    assert recorded() == ["duplicate track_id: kept the first row", "row without track_id"]
+    changed = read_catalog(str(catalog(["a", "b", "b"])), CatalogOptions())
+    assert write_catalog_problems(str(tmp_path / "out"), changed) == 1
+    assert recorded() == ["duplicate track_id: kept the first row"]
