@@ -216,6 +216,7 @@ class OutputState:
     done_ids: set[str]
     error_ids: set[str]  # tracks that failed to decode: done as well
     taxonomy: Taxonomy | None = None  # the multi-label vocabulary and its parents
+    files: set[str] = field(default_factory=set)  # its shard and error files, as listed
 
 
 def prepare_output(
@@ -284,7 +285,26 @@ def prepare_output(
         done_ids=done,
         error_ids=set(_column_values(failed, "track_id")),
         taxonomy=taxonomy,
+        files={*shards, *failed},
     )
+
+
+def drop_late_files(out: str, *, listed: set[str], ours: set[str]) -> None:
+    """Remove the shard and error files of ``out`` that neither were there when this run
+    listed the folder (``listed``) nor have a name of this run's shards (``ours``): a
+    killed run's decode task can finish a file after its job died, and this run wrote
+    its tracks again, in other shards. Every track stays in one row."""
+    found = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
+    found += storage.list_files(storage.join(out, "errors"), suffix=".parquet")
+    late = [
+        f
+        for f in found
+        if f not in listed and posixpath.basename(f) not in ours and not is_catalog_problems(f)
+    ]
+    for f in late:
+        storage.delete(f)
+    if late:
+        log.warning("removed %d file(s) a killed run finished after this run began", len(late))
 
 
 def _column_values(files: list[str], column: str) -> Iterable[str]:

@@ -21,9 +21,11 @@ from genreflow import storage
 from genreflow.catalog import Catalog, read_catalog
 from genreflow.entry import mark_started
 from genreflow.errors import ConfigError
+from genreflow.formats.dataset import shard_name
 from genreflow.ingest import (
     IngestConfig,
     OutputState,
+    drop_late_files,
     finalize,
     ingest_shard,
     prepare_output,
@@ -140,14 +142,17 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     log.info(
         "ingest: %d tracks in catalog, %d already done, %d to do", len(tracks), skipped, len(todo)
     )
-    groups = write_worklist(shard_chunks(todo, config.shard_size), _worklist(config))
+    chunks = shard_chunks(todo, config.shard_size)
+    ours = {shard_name(c["track_id"].astype(str)) for c in chunks}  # what this run writes
+    groups = write_worklist(chunks, _worklist(config))
     # from here the catalog is a file the tasks read: the driver lets go of it
-    del catalog, tracks, todo, finished
+    del catalog, tracks, todo, finished, chunks
     state.done_ids.clear()
     rows_written, process_seconds = 0, 0.0
     if groups:
         init_ray(config.resources.address, num_cpus=config.resources.num_cpus)
         rows_written, process_seconds = _run_shards(groups, config, state, errors_by_kind)
+        drop_late_files(config.out, listed=state.files, ours=ours)
     storage.delete_tree(_worklist(config))
     seconds = time.perf_counter() - start
     result = IngestResult(
