@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import posixpath
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -291,16 +291,19 @@ def prepare_output(
 
 def drop_late_files(out: str, *, listed: set[str], ours: set[str]) -> None:
     """Remove the shard and error files of ``out`` that neither were there when this run
-    listed the folder (``listed``) nor have a name of this run's shards (``ours``): a
-    killed run's decode task can finish a file after its job died, and this run wrote
-    its tracks again, in other shards. Every track stays in one row."""
+    listed the folder (``listed``) nor have a name of this run's shards (``ours``)
+    (:func:`remove_late_files`)."""
     found = storage.list_files(storage.join(out, "shards"), suffix=".parquet")
     found += storage.list_files(storage.join(out, "errors"), suffix=".parquet")
-    late = [
-        f
-        for f in found
-        if f not in listed and posixpath.basename(f) not in ours and not is_catalog_problems(f)
-    ]
+    remove_late_files(found, kept=lambda f: f in listed or posixpath.basename(f) in ours)
+
+
+def remove_late_files(found: list[str], *, kept: Callable[[str], bool]) -> None:
+    """Remove the files of ``found`` that ``kept`` does not vouch for, other than catalog
+    problem rows (the job's own, rewritten by every run). A killed run's tasks can
+    finish a file after their job died, and the run now going wrote those tracks again
+    in files of its own: every track stays in one row. Ingest and labelling alike."""
+    late = [f for f in found if not kept(f) and not is_catalog_problems(f)]
     for f in late:
         storage.delete(f)
     if late:

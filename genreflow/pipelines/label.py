@@ -43,7 +43,7 @@ from genreflow.formats.labels import (
     track_ids,
     written_by,
 )
-from genreflow.ingest import is_catalog_problems, write_catalog_problems
+from genreflow.ingest import is_catalog_problems, remove_late_files, write_catalog_problems
 from genreflow.label import (
     LabelConfig,
     Labeller,
@@ -327,20 +327,10 @@ def _open_partition(config: LabelConfig, started: dict[str, Any]) -> OpenPartiti
 
 def _drop_late_files(partition: str, *, trusted: set[str], attempt: str) -> None:
     """Remove the label and error files that neither this run (``attempt``) wrote nor
-    were there when it started: a killed run's write and decode tasks can finish a file
-    after their job died, and its tracks were labelled (or failed) again in this run.
-    Every track stays in one row. Catalog problem rows are the job's own, rewritten by
-    every run."""
-    late = [
-        f
-        for f in storage.list_files(partition, suffix=".parquet")
-        + storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
-        if f not in trusted and not written_by(f, attempt) and not is_catalog_problems(f)
-    ]
-    for f in late:
-        storage.delete(f)
-    if late:
-        log.warning("removed %d file(s) a killed run finished after this run began", len(late))
+    were there when it started (:func:`genreflow.ingest.remove_late_files`)."""
+    found = storage.list_files(partition, suffix=".parquet")
+    found += storage.list_files(storage.join(partition, "errors"), suffix=".parquet")
+    remove_late_files(found, kept=lambda f: f in trusted or written_by(f, attempt))
 
 
 def _plan(config: LabelConfig, source: LabelSource, model: Any) -> LabelPlan:
